@@ -1,0 +1,222 @@
+//! The backend messages the proxy composes itself, and the error/notice fields it reads.
+
+use bytes::{BufMut, BytesMut};
+use std::fmt;
+
+use super::startup::CancelKey;
+
+/// Appends one tagged message whose body `write_body` produces, fixing up the length after.
+fn message(buf: &mut BytesMut, tag: u8, write_body: impl FnOnce(&mut BytesMut)) {
+    buf.put_u8(tag);
+    let length_at = buf.len();
+    buf.put_u32(0);
+    write_body(buf);
+    let length = (buf.len() - length_at) as u32;
+    buf[length_at..length_at + 4].copy_from_slice(&length.to_be_bytes());
+}
+
+fn put_cstr(buf: &mut BytesMut, text: &str) {
+    // A NUL inside would end the field early and corrupt the message; none of the texts the
+    // proxy writes should contain one, but never let one through.
+    buf.extend(text.bytes().filter(|&b| b != 0));
+    buf.put_u8(0);
+}
+
+/// AuthenticationOk.
+pub fn authentication_ok(buf: &mut BytesMut) {
+    message(buf, b'R', |body| body.put_u32(0));
+}
+
+/// ParameterStatus.
+pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
+    message(buf, b'S', |body| {
+        put_cstr(body, name);
+        put_cstr(body, value);
+    });
+}
+
+/// BackendKeyData.
+pub fn backend_key_data(buf: &mut BytesMut, key: CancelKey) {
+    message(buf, b'K', |body| {
+        body.put_i32(key.pid);
+        body.put_u32(key.secret);
+    });
+}
+
+/// ReadyForQuery with the given transaction status (`I`, `T` or `E`).
+pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
+    message(buf, b'Z', |body| body.put_u8(status));
+}
+
+/// NegotiateProtocolVersion: the newest minor version supported and the options not recognised.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: u16, unsupported: &[String]) {
+    message(buf, b'v', |body| {
+        body.put_u32((3 << 16) | u32::from(minor));
+        body.put_u32(unsupported.len() as u32);
+        for option in unsupported {
+            put_cstr(body, option);
+        }
+    });
+}
+
+/// Severity of an ErrorResponse or NoticeResponse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// Ends the session.
+    Fatal,
+    /// Ends the current statement.
+    Error,
+    /// Informational notice.
+    Notice,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Fatal => "FATAL",
+            Severity::Error => "ERROR",
+            Severity::Notice => "NOTICE",
+        }
+    }
+}
+
+/// The fields of an ErrorResponse or NoticeResponse that the proxy writes or reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorFields {
+    /// Severity as sent (`FATAL`, `ERROR`, ...): the non-localised one when the server gave it.
+    pub severity: String,
+    /// The SQLSTATE.
+    pub code: String,
+    /// Primary message.
+    pub message: String,
+    /// Optional detail.
+    pub detail: Option<String>,
+    /// Optional hint: what to do about it.
+    pub hint: Option<String>,
+}
+
+impl ErrorFields {
+    /// Builds fields with the given severity, SQLSTATE and message.
+    pub fn new(severity: Severity, code: &str, message: impl Into<String>) -> ErrorFields {
+        ErrorFields {
+            severity: severity.as_str().to_owned(),
+            code: code.to_owned(),
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    /// Adds a hint.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> ErrorFields {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Parses the body of an ErrorResponse or NoticeResponse.
+    pub fn parse(body: &[u8]) -> ErrorFields {
+        let mut fields = ErrorFields::new(Severity::Error, "XX000", "");
+        let (mut plain_severity, mut localized_severity) = (None, None);
+        for field in body.split(|&b| b == 0) {
+            let Some((&kind, value)) = field.split_first() else {
+                continue;
+            };
+            let value = String::from_utf8_lossy(value).into_owned();
+            match kind {
+                b'V' => plain_severity = Some(value),
+                b'S' => localized_severity = Some(value),
+                b'C' => fields.code = value,
+                b'M' => fields.message = value,
+                b'D' => fields.detail = Some(value),
+                b'H' => fields.hint = Some(value),
+                _ => {}
+            }
+        }
+        if let Some(severity) = plain_severity.or(localized_severity) {
+            fields.severity = severity;
+        }
+        fields
+    }
+
+    /// Appends this as an ErrorResponse.
+    pub fn write_error(&self, buf: &mut BytesMut) {
+        self.write(buf, b'E');
+    }
+
+    /// Appends this as a NoticeResponse.
+    pub fn write_notice(&self, buf: &mut BytesMut) {
+        self.write(buf, b'N');
+    }
+
+    fn write(&self, buf: &mut BytesMut, tag: u8) {
+        message(buf, tag, |body| {
+            for (kind, value) in [
+                (b'S', Some(self.severity.as_str())),
+                (b'V', Some(self.severity.as_str())),
+                (b'C', Some(self.code.as_str())),
+                (b'M', Some(self.message.as_str())),
+                (b'D', self.detail.as_deref()),
+                (b'H', self.hint.as_deref()),
+            ] {
+                if let Some(value) = value {
+                    body.put_u8(kind);
+                    put_cstr(body, value);
+                }
+            }
+            body.put_u8(0);
+        });
+    }
+}
+
+impl fmt::Display for ErrorFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} (SQLSTATE {})",
+            self.severity, self.message, self.code
+        )?;
+        if let Some(detail) = &self.detail {
+            write!(f, "; {detail}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::take_message;
+
+    #[test]
+    fn error_fields_round_trip() {
+        let fields = ErrorFields::new(Severity::Fatal, "08001", "cannot reach it")
+            .with_hint("check the host");
+        let mut buf = BytesMut::new();
+        fields.write_error(&mut buf);
+        let (tag, body) = take_message(&mut buf, 1024).unwrap().unwrap();
+        assert_eq!(tag, b'E');
+        assert_eq!(ErrorFields::parse(&body), fields);
+    }
+
+    #[test]
+    fn localized_severity_is_used_only_without_the_plain_one() {
+        let parsed = ErrorFields::parse(b"SFATAL-LOCAL\0C28P01\0Mnope\0\0");
+        assert_eq!(parsed.severity, "FATAL-LOCAL");
+        let parsed = ErrorFields::parse(b"SFATAL-LOCAL\0VFATAL\0C28P01\0Mnope\0\0");
+        assert_eq!(parsed.severity, "FATAL");
+        assert_eq!(parsed.code, "28P01");
+    }
+
+    #[test]
+    fn greeting_messages_have_correct_lengths() {
+        let mut buf = BytesMut::new();
+        authentication_ok(&mut buf);
+        parameter_status(&mut buf, "server_version", "15.0");
+        backend_key_data(&mut buf, CancelKey { pid: 7, secret: 9 });
+        ready_for_query(&mut buf, b'I');
+        let tags: Vec<u8> =
+            std::iter::from_fn(|| take_message(&mut buf, 1024).unwrap().map(|(t, _)| t)).collect();
+        assert_eq!(tags, b"RSKZ");
+        assert!(buf.is_empty());
+    }
+}

@@ -1,0 +1,319 @@
+//! The relay: moves messages between a client and its upstream connection in both directions
+//! at once, unchanged, reading only the message headers (and ReadyForQuery's one-byte body)
+//! so the pool can tell afterwards whether the upstream connection is clean enough to reuse.
+//!
+//! Both directions are driven from one task by polling, in the manner of
+//! `tokio::io::copy_bidirectional`: no stream splitting, no locks, and all state stays
+//! inspectable when the relay ends. Message bodies are streamed as they arrive, so a message
+//! of any size costs at most one read buffer.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::io::poll_read_buf;
+
+use crate::protocol::frame::{FrameHeader, HEADER_LEN, MAX_BUFFERED_MESSAGE};
+
+/// Free space below which a read buffer grows before the next read.
+const MIN_READ_SPACE: usize = 4 * 1024;
+/// How much a read buffer grows by.
+const READ_CHUNK: usize = 16 * 1024;
+/// A drained buffer bigger than this is dropped so one burst does not pin memory for the
+/// rest of a session.
+const MAX_IDLE_CAPACITY: usize = 64 * 1024;
+
+/// What the relay has seen of the session's transaction state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionState {
+    /// Sync points (Query, Sync, FunctionCall) sent whose ReadyForQuery has not come back.
+    pub awaiting_ready: u32,
+    /// Extended-protocol messages were sent after the last Sync.
+    pub unsynced: bool,
+    /// Status byte of the last ReadyForQuery: `I` idle, `T` in a transaction, `E` failed one.
+    pub transaction_status: u8,
+    /// The client sent at least one message.
+    pub used: bool,
+}
+
+impl Default for SessionState {
+    fn default() -> Self {
+        SessionState {
+            awaiting_ready: 0,
+            unsynced: false,
+            transaction_status: b'I',
+            used: false,
+        }
+    }
+}
+
+impl SessionState {
+    /// True when the upstream is idle outside any transaction with nothing in flight.
+    pub fn is_idle(&self) -> bool {
+        self.awaiting_ready == 0 && !self.unsynced && self.transaction_status == b'I'
+    }
+
+    fn client_message(&mut self, tag: u8) -> Flow {
+        match tag {
+            b'X' => return Flow::Stop,
+            b'Q' | b'F' => self.awaiting_ready += 1,
+            b'S' => {
+                self.awaiting_ready += 1;
+                self.unsynced = false;
+            }
+            b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => self.unsynced = true,
+            _ => {}
+        }
+        self.used = true;
+        Flow::Forward
+    }
+
+    fn server_message(&mut self, tag: u8, body: &[u8]) -> Flow {
+        if tag == b'Z' {
+            self.awaiting_ready = self.awaiting_ready.saturating_sub(1);
+            self.transaction_status = body.first().copied().unwrap_or(b'E');
+        }
+        Flow::Forward
+    }
+}
+
+/// Whether a scanned message is passed on or ends the relay (the client's Terminate, which
+/// the upstream must not see: its connection goes back to the pool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Forward,
+    Stop,
+}
+
+/// How one direction stopped.
+#[derive(Debug)]
+enum PumpEnd {
+    Eof,
+    Stopped,
+}
+
+/// An error in one direction, by where it happened.
+#[derive(Debug)]
+enum PumpError {
+    Read(io::Error),
+    Write(io::Error),
+    Protocol(io::Error),
+}
+
+/// One direction's buffer and framing position.
+#[derive(Debug, Default)]
+struct Pipe {
+    buf: BytesMut,
+    /// Bytes at the front of `buf` that are scanned and may be written on.
+    ready: usize,
+    /// Body bytes of the current message still to come; they are forwarded unscanned.
+    body_left: usize,
+    unflushed: bool,
+    stopped: bool,
+}
+
+impl Pipe {
+    /// Advances the framing over newly read bytes, asking `inspect` about each message.
+    /// Messages for which `wants_body` is true are held until whole; all others stream.
+    fn scan(
+        &mut self,
+        wants_body: impl Fn(u8) -> bool,
+        mut inspect: impl FnMut(u8, &[u8]) -> Flow,
+    ) -> io::Result<()> {
+        while !self.stopped {
+            if self.body_left > 0 {
+                let take = self.body_left.min(self.buf.len() - self.ready);
+                self.ready += take;
+                self.body_left -= take;
+                if self.body_left > 0 {
+                    return Ok(());
+                }
+            }
+            let Some(header) = FrameHeader::parse(&self.buf[self.ready..])? else {
+                return Ok(());
+            };
+            let flow = if wants_body(header.tag) {
+                if header.body_len > MAX_BUFFERED_MESSAGE {
+                    return Err(crate::protocol::frame::invalid(format!(
+                        "oversized '{}' message",
+                        header.tag.escape_ascii()
+                    )));
+                }
+                let Some(message) = self.buf.get(self.ready..self.ready + header.total_len())
+                else {
+                    return Ok(());
+                };
+                let flow = inspect(header.tag, &message[HEADER_LEN..]);
+                if flow == Flow::Forward {
+                    self.ready += header.total_len();
+                }
+                flow
+            } else {
+                let flow = inspect(header.tag, &[]);
+                if flow == Flow::Forward {
+                    self.ready += HEADER_LEN;
+                    self.body_left = header.body_len;
+                }
+                flow
+            };
+            self.stopped = flow == Flow::Stop;
+        }
+        Ok(())
+    }
+
+    /// Writes out what is ready, then reads and scans more, until the reader ends, the scan
+    /// says stop, or either side would block.
+    fn poll_pump<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        mut scan: impl FnMut(&mut Pipe) -> io::Result<()>,
+    ) -> Poll<Result<PumpEnd, PumpError>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        loop {
+            while self.ready > 0 {
+                let written =
+                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[..self.ready]))
+                        .map_err(PumpError::Write)?;
+                if written == 0 {
+                    return Poll::Ready(Err(PumpError::Write(io::ErrorKind::WriteZero.into())));
+                }
+                self.buf.advance(written);
+                self.ready -= written;
+                self.unflushed = true;
+            }
+            if self.unflushed {
+                ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(PumpError::Write)?;
+                self.unflushed = false;
+                if self.buf.is_empty() && self.buf.capacity() > MAX_IDLE_CAPACITY {
+                    self.buf = BytesMut::new();
+                }
+            }
+            if self.stopped {
+                return Poll::Ready(Ok(PumpEnd::Stopped));
+            }
+            if self.buf.capacity() - self.buf.len() < MIN_READ_SPACE {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let read = ready!(poll_read_buf(Pin::new(&mut *reader), cx, &mut self.buf))
+                .map_err(PumpError::Read)?;
+            if read == 0 {
+                return Poll::Ready(Ok(PumpEnd::Eof));
+            }
+            scan(self).map_err(PumpError::Protocol)?;
+        }
+    }
+
+    /// True when everything read has been scanned and the last message is complete, so the
+    /// stream this pipe reads from stands between two messages.
+    fn read_to_message_boundary(&self) -> bool {
+        self.body_left == 0 && self.buf.len() == self.ready
+    }
+}
+
+/// Why a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// The client sent Terminate.
+    ClientTerminated,
+    /// The client closed its connection or it failed.
+    ClientGone(Option<io::Error>),
+    /// The upstream closed its connection (after a FATAL, a shutdown) or it failed.
+    UpstreamGone(Option<io::Error>),
+    /// The client broke the message framing.
+    ClientProtocolViolation(io::Error),
+    /// The upstream broke the message framing.
+    UpstreamProtocolViolation(io::Error),
+}
+
+/// Relays between `client` and `upstream` until one side ends; see [`RelayEnd`].
+pub struct Relay {
+    to_upstream: Pipe,
+    to_client: Pipe,
+    /// Transaction state as seen on the wire.
+    pub state: SessionState,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay::new(SessionState::default())
+    }
+}
+
+impl Relay {
+    /// A relay for a session whose upstream is in `state`.
+    pub fn new(state: SessionState) -> Relay {
+        Relay {
+            to_upstream: Pipe::default(),
+            to_client: Pipe::default(),
+            state,
+        }
+    }
+
+    /// Runs until the client terminates or either side goes away.
+    pub async fn run<C, U>(&mut self, client: &mut C, upstream: &mut U) -> RelayEnd
+    where
+        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        poll_fn(|cx| self.poll_run(cx, client, upstream)).await
+    }
+
+    fn poll_run<C, U>(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut C,
+        upstream: &mut U,
+    ) -> Poll<RelayEnd>
+    where
+        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        let state = &mut self.state;
+        let outbound = self.to_upstream.poll_pump(cx, client, upstream, |pipe| {
+            pipe.scan(|_| false, |tag, _| state.client_message(tag))
+        });
+        if let Poll::Ready(end) = outbound {
+            return Poll::Ready(match end {
+                Ok(PumpEnd::Stopped) => RelayEnd::ClientTerminated,
+                Ok(PumpEnd::Eof) => RelayEnd::ClientGone(None),
+                Err(PumpError::Read(error)) => RelayEnd::ClientGone(Some(error)),
+                Err(PumpError::Write(error)) => RelayEnd::UpstreamGone(Some(error)),
+                Err(PumpError::Protocol(error)) => RelayEnd::ClientProtocolViolation(error),
+            });
+        }
+        let inbound = self.to_client.poll_pump(cx, upstream, client, |pipe| {
+            pipe.scan(
+                |tag| tag == b'Z',
+                |tag, body| state.server_message(tag, body),
+            )
+        });
+        match inbound {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(end) => Poll::Ready(match end {
+                Ok(PumpEnd::Eof | PumpEnd::Stopped) => RelayEnd::UpstreamGone(None),
+                Err(PumpError::Read(error)) => RelayEnd::UpstreamGone(Some(error)),
+                Err(PumpError::Write(error)) => RelayEnd::ClientGone(Some(error)),
+                Err(PumpError::Protocol(error)) => RelayEnd::UpstreamProtocolViolation(error),
+            }),
+        }
+    }
+
+    /// Whether the upstream connection can serve another client after the relay ended with
+    /// `end`: the upstream is still there, idle outside a transaction, and neither direction
+    /// stopped in the middle of a message.
+    pub fn upstream_reusable(&self, end: &RelayEnd) -> bool {
+        matches!(end, RelayEnd::ClientTerminated | RelayEnd::ClientGone(_))
+            && self.state.is_idle()
+            // Whatever the client sent after its last whole message never reached the upstream.
+            && self.to_upstream.body_left == 0
+            && self.to_client.read_to_message_boundary()
+    }
+}

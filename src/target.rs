@@ -1,0 +1,226 @@
+//! What a TARGET argument means: the upstream PostgreSQL to reach and per-target overrides.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use percent_encoding::percent_decode_str;
+use url::Url;
+
+/// Default PostgreSQL port.
+pub const DEFAULT_PORT: u16 = 5432;
+
+/// One upstream the proxy serves, parsed from
+/// `postgresql://[user@]host[:port][/dbname][?sslrootcert=PATH&port=N&connect-to=HOST:PORT]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host name the certificate must match and SNI carries.
+    pub host: String,
+    /// Upstream port.
+    pub port: u16,
+    /// Dial this address instead of `host:port` (tunnels, tests, broken DNS); the certificate
+    /// is still verified against `host`.
+    pub connect_to: Option<(String, u16)>,
+    /// Upstream role; when absent the client's user name is used.
+    pub user: Option<String>,
+    /// Database for clients that do not name one.
+    pub database: Option<String>,
+    /// Trust only this CA for the upstream certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Local port to listen on for this target.
+    pub listen_port: Option<u16>,
+}
+
+/// A TARGET that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid target {target:?}: {reason}")]
+pub struct TargetError {
+    target: String,
+    reason: String,
+}
+
+impl Target {
+    /// The address to open TCP connections to.
+    pub fn dial_address(&self) -> (&str, u16) {
+        match &self.connect_to {
+            Some((host, port)) => (host, *port),
+            None => (&self.host, self.port),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)?;
+        if let Some(database) = &self.database {
+            write!(f, "/{database}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Target {
+    type Err = TargetError;
+
+    fn from_str(spec: &str) -> Result<Target, TargetError> {
+        let fail = |reason: String| TargetError {
+            target: redact_password(spec),
+            reason,
+        };
+        let url = Url::parse(spec).map_err(|error| fail(error.to_string()))?;
+        if !matches!(url.scheme(), "postgresql" | "postgres") {
+            return Err(fail("expected a postgresql:// URL".into()));
+        }
+        if url.password().is_some() {
+            return Err(fail(
+                "do not put a password in the target; use --password-file or --password-command"
+                    .into(),
+            ));
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| fail("no host".into()))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let decode = |text: &str| {
+            percent_decode_str(text)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+        };
+        let user = match url.username() {
+            "" => None,
+            name => Some(decode(name).map_err(|_| fail("user name is not UTF-8".into()))?),
+        };
+        let database = match url.path().trim_start_matches('/') {
+            "" => None,
+            name => Some(decode(name).map_err(|_| fail("database name is not UTF-8".into()))?),
+        };
+        let mut target = Target {
+            host,
+            port: url.port().unwrap_or(DEFAULT_PORT),
+            connect_to: None,
+            user,
+            database,
+            ca_file: None,
+            listen_port: None,
+        };
+        for (key, value) in url.query_pairs() {
+            match &*key {
+                "sslrootcert" => target.ca_file = Some(PathBuf::from(&*value)),
+                "port" => {
+                    target.listen_port = Some(
+                        value
+                            .parse()
+                            .map_err(|_| fail(format!("port={value} is not a port number")))?,
+                    )
+                }
+                "connect-to" => {
+                    target.connect_to = Some(
+                        parse_host_port(&value)
+                            .ok_or_else(|| fail(format!("connect-to={value} is not HOST:PORT")))?,
+                    )
+                }
+                "sslmode" if value == "disable" => {
+                    return Err(fail(
+                        "sslmode=disable: lakebase-proxy always uses verified TLS upstream".into(),
+                    ));
+                }
+                // Any other sslmode is accepted: the proxy always verifies fully.
+                "sslmode" => {}
+                other => {
+                    return Err(fail(format!(
+                        "unknown parameter {other:?} (supported: sslrootcert, port, connect-to, sslmode)"
+                    )));
+                }
+            }
+        }
+        Ok(target)
+    }
+}
+
+fn parse_host_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| Some((host.to_owned(), port.parse().ok()?)))?
+}
+
+/// Hides a password in a URL so error messages can quote it.
+fn redact_password(spec: &str) -> String {
+    match Url::parse(spec) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("REDACTED"));
+            url.to_string()
+        }
+        _ => spec.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_url() {
+        let target: Target = "postgresql://app%40corp@db.example.com:6543/sales?sslrootcert=/ca.pem&port=7000&connect-to=127.0.0.1:9999"
+            .parse()
+            .unwrap();
+        assert_eq!(target.host, "db.example.com");
+        assert_eq!(target.port, 6543);
+        assert_eq!(target.user.as_deref(), Some("app@corp"));
+        assert_eq!(target.database.as_deref(), Some("sales"));
+        assert_eq!(target.ca_file, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(target.listen_port, Some(7000));
+        assert_eq!(target.dial_address(), ("127.0.0.1", 9999));
+    }
+
+    #[test]
+    fn defaults_are_sensible() {
+        let target: Target = "postgres://localhost".parse().unwrap();
+        assert_eq!(
+            (target.port, &target.user, &target.database),
+            (DEFAULT_PORT, &None, &None)
+        );
+        assert_eq!(target.dial_address(), ("localhost", DEFAULT_PORT));
+        let v6: Target = "postgresql://[::1]:5433/x?connect-to=[::1]:1"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (v6.host.as_str(), v6.connect_to),
+            ("::1", Some(("::1".to_owned(), 1)))
+        );
+    }
+
+    #[test]
+    fn refuses_passwords_without_echoing_them() {
+        let error = "postgresql://u:topsecret@h/db"
+            .parse::<Target>()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--password-file"), "{error}");
+        assert!(!error.contains("topsecret"), "{error}");
+    }
+
+    #[test]
+    fn refuses_unknown_parameters_and_plaintext() {
+        assert!("postgresql://h/db?bogus=1".parse::<Target>().is_err());
+        assert!(
+            "postgresql://h/db?sslmode=disable"
+                .parse::<Target>()
+                .is_err()
+        );
+        assert!(
+            "postgresql://h/db?sslmode=require"
+                .parse::<Target>()
+                .is_ok()
+        );
+        assert!("mysql://h/db".parse::<Target>().is_err());
+        assert!(
+            "postgresql://h/db?connect-to=nope"
+                .parse::<Target>()
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,136 @@
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::ConnectError;
+use super::auth::{LoginResult, read_message};
+use crate::protocol::messages::ErrorFields;
+use crate::protocol::{CancelKey, StartupParams};
+
+/// The upstream transport: always TLS.
+pub type UpstreamStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A logged-in upstream connection.
+pub struct ServerConnection {
+    stream: UpstreamStream,
+    id: u64,
+    /// The startup parameters it was opened with, besides user and database.
+    startup_params: StartupParams,
+    /// Current values of the parameters the server reports (ParameterStatus).
+    server_params: Vec<(String, String)>,
+    key: CancelKey,
+    opened_at: Instant,
+    /// Bytes read from the server past the last message the proxy consumed itself.
+    leftover: BytesMut,
+}
+
+impl ServerConnection {
+    pub(super) fn new(
+        stream: UpstreamStream,
+        id: u64,
+        startup_params: StartupParams,
+        login: LoginResult,
+    ) -> ServerConnection {
+        ServerConnection {
+            stream,
+            id,
+            startup_params,
+            server_params: login.params,
+            key: login.key,
+            opened_at: Instant::now(),
+            leftover: login.leftover,
+        }
+    }
+
+    /// A process-unique id for logs.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The server's cancel key (its real backend pid and secret).
+    pub fn key(&self) -> CancelKey {
+        self.key
+    }
+
+    /// When the login completed.
+    pub fn opened_at(&self) -> Instant {
+        self.opened_at
+    }
+
+    /// Startup parameters it was opened with.
+    pub fn startup_params(&self) -> &StartupParams {
+        &self.startup_params
+    }
+
+    /// Current ParameterStatus values, in the order the server first reported them.
+    pub fn server_params(&self) -> &[(String, String)] {
+        &self.server_params
+    }
+
+    /// The transport, for the relay.
+    pub fn stream_mut(&mut self) -> &mut UpstreamStream {
+        &mut self.stream
+    }
+
+    /// Takes bytes already read from the server that the relay must see first.
+    pub fn take_leftover(&mut self) -> BytesMut {
+        std::mem::take(&mut self.leftover)
+    }
+
+    /// Runs `sql` as a simple query and reads to ReadyForQuery, recording reported parameters.
+    /// A server error is returned after the ReadyForQuery that follows it, so the connection
+    /// stays usable; an I/O error means it is not.
+    pub async fn simple_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Result<(), ErrorFields>, ConnectError> {
+        let mut buf = BytesMut::new();
+        postgres_protocol::message::frontend::query(sql, &mut buf)?;
+        self.stream.write_all(&buf).await?;
+        self.stream.flush().await?;
+        let mut inbound = std::mem::take(&mut self.leftover);
+        let mut outcome = Ok(());
+        loop {
+            let (tag, body) = read_message(&mut self.stream, &mut inbound).await?;
+            match tag {
+                b'S' => {
+                    let mut fields = body.split(|&b| b == 0);
+                    let name =
+                        String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
+                    let value =
+                        String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
+                    self.set_server_param(name, value);
+                }
+                b'E' => outcome = Err(ErrorFields::parse(&body)),
+                b'Z' => {
+                    self.leftover = inbound;
+                    return Ok(outcome);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn set_server_param(&mut self, name: String, value: String) {
+        match self.server_params.iter_mut().find(|(n, _)| *n == name) {
+            Some(entry) => entry.1 = value,
+            None => self.server_params.push((name, value)),
+        }
+    }
+
+    /// A cheap check that an idle connection is still there: the server sends nothing to an
+    /// idle session, so readable bytes (a FATAL before a shutdown) or EOF mean it is gone.
+    pub fn looks_alive(&self) -> bool {
+        if !self.leftover.is_empty() {
+            return false;
+        }
+        let tcp = self.stream.get_ref().0;
+        let mut probe = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(Waker::noop());
+        matches!(tcp.poll_peek(&mut cx, &mut buf), Poll::Pending)
+    }
+}

@@ -1,0 +1,120 @@
+use std::io;
+use std::time::Duration;
+
+use crate::credentials::CredentialError;
+use crate::error::{UserFacing, sqlstate};
+use crate::protocol::messages::{ErrorFields, Severity};
+
+/// Why an upstream connection could not be opened or logged into.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect failed.
+    #[error("cannot reach upstream {address}: {source}")]
+    Unreachable {
+        /// `host:port` dialled.
+        address: String,
+        /// The socket error.
+        source: io::Error,
+    },
+    /// Connect, TLS and login together took longer than allowed.
+    #[error("upstream {address} did not complete the login within {}s", .after.as_secs())]
+    Timeout {
+        /// `host:port` dialled.
+        address: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// The server answered SSLRequest with `N`.
+    #[error(
+        "upstream {host} does not accept TLS, and lakebase-proxy never sends a password in plaintext"
+    )]
+    TlsRefused {
+        /// The upstream host.
+        host: String,
+    },
+    /// The TLS handshake failed, usually certificate verification.
+    #[error("TLS with upstream {host} failed: {reason}")]
+    Tls {
+        /// The upstream host.
+        host: String,
+        /// What went wrong, in words (see `tls::describe_handshake_error`).
+        reason: String,
+    },
+    /// The server sent an ErrorResponse during login (bad password, no such database...).
+    #[error("upstream refused the login: {0}")]
+    Server(ErrorFields),
+    /// No password could be obtained.
+    #[error("no upstream password: {0}")]
+    Credential(#[from] CredentialError),
+    /// The server asked for a password but none is configured.
+    #[error(
+        "upstream asks for a password but none is configured (use --password-file or --password-command)"
+    )]
+    NoPassword,
+    /// The server asked for an authentication method the proxy does not implement.
+    #[error("upstream asks for an unsupported authentication method: {0}")]
+    UnsupportedAuth(String),
+    /// The server broke the protocol or the connection dropped during login.
+    #[error("upstream connection failed during login: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl ConnectError {
+    /// True for failures that may pass by themselves (network, restarts, wake-ups), as opposed
+    /// to refusals that repeat until someone acts (credentials, permissions, certificates).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ConnectError::Unreachable { .. }
+            | ConnectError::Timeout { .. }
+            | ConnectError::Io(_) => true,
+            ConnectError::Server(fields) => {
+                fields.code.starts_with("08") || fields.code == "57P03" || fields.code == "53300"
+            }
+            ConnectError::Credential(CredentialError::Unavailable(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+impl UserFacing for ConnectError {
+    fn to_client(&self) -> ErrorFields {
+        let fatal = |code: &str, hint: &str| {
+            ErrorFields::new(Severity::Fatal, code, format!("lakebase-proxy: {self}"))
+                .with_hint(hint.to_owned())
+        };
+        match self {
+            ConnectError::Server(fields) => {
+                let mut fields = fields.clone();
+                fields.severity = "FATAL".into();
+                if fields.code.starts_with("28") && fields.hint.is_none() {
+                    fields.hint = Some("The upstream refused the password lakebase-proxy presented: check the role name and the password source.".into());
+                }
+                fields
+            }
+            ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } => fatal(
+                sqlstate::CONNECTION_UNABLE,
+                "Check the target host and port, and that the server is running.",
+            ),
+            ConnectError::TlsRefused { .. } => fatal(
+                sqlstate::CONNECTION_UNABLE,
+                "Enable TLS on the upstream server.",
+            ),
+            ConnectError::Tls { .. } => fatal(
+                sqlstate::CONNECTION_UNABLE,
+                "The upstream certificate must be valid for the target host name and signed by a trusted CA (sslrootcert=, SSL_CERT_FILE).",
+            ),
+            ConnectError::Credential(_) | ConnectError::NoPassword => fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                "Fix the password source; lakebase-proxy retries it in the background.",
+            ),
+            ConnectError::UnsupportedAuth(_) => fatal(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "Use password, md5 or scram-sha-256 upstream.",
+            ),
+            ConnectError::Io(_) => fatal(
+                sqlstate::CONNECTION_FAILURE,
+                "Try again; if it persists, check the upstream server's log.",
+            ),
+        }
+    }
+}
