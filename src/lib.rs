@@ -1,7 +1,23 @@
-//! lakebase-proxy
+//! lakebase-proxy: a local PostgreSQL endpoint that logs in upstream over verified TLS with
+//! credentials it keeps fresh, and pools the upstream connections.
+//!
+//! Layers, from the wire up: [`protocol`] (framing and the few messages the proxy reads or
+//! writes) and [`tls`]; [`credentials`] (password sources and their cache); [`upstream`]
+//! (connect, TLS, login); [`pool`]; [`relay`] (moving messages both ways); [`client`]
+//! (listeners, handshake, the session's phases) and [`cancel`]; [`proxy`] wires a
+//! [`config::Config`] (built by [`cli`]) into running listeners.
+
+#![warn(missing_docs)]
+
+pub mod cancel;
+pub mod cli;
+pub mod client;
+pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod pool;
 pub mod protocol;
+pub mod proxy;
 pub mod relay;
 pub mod target;
 pub mod tls;

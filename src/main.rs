@@ -1,1 +1,52 @@
-fn main() {}
+//! The `lakebase-proxy` binary: parse the command line, set up logging, run until a signal.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use lakebase_proxy::cli::{Cli, LogFormat};
+use lakebase_proxy::proxy::RunningProxy;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("lakebase-proxy: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let proxy = match RunningProxy::start(cli.into_config()).await {
+            Ok(proxy) => proxy,
+            Err(error) => {
+                error!(%error, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        let signal = wait_for_signal().await;
+        info!(signal, "stopping");
+        proxy.stop().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
+}

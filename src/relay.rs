@@ -37,6 +37,9 @@ pub struct SessionState {
     pub transaction_status: u8,
     /// The client sent at least one message.
     pub used: bool,
+    /// Type of the last message the upstream sent; `E` before a close means the server
+    /// explained itself (a FATAL) and the client needs no further word.
+    pub last_upstream_message: u8,
 }
 
 impl Default for SessionState {
@@ -46,6 +49,7 @@ impl Default for SessionState {
             unsynced: false,
             transaction_status: b'I',
             used: false,
+            last_upstream_message: 0,
         }
     }
 }
@@ -72,6 +76,7 @@ impl SessionState {
     }
 
     fn server_message(&mut self, tag: u8, body: &[u8]) -> Flow {
+        self.last_upstream_message = tag;
         if tag == b'Z' {
             self.awaiting_ready = self.awaiting_ready.saturating_sub(1);
             self.transaction_status = body.first().copied().unwrap_or(b'E');
@@ -218,6 +223,16 @@ impl Pipe {
     }
 }
 
+/// Client messages are read by header alone.
+fn scan_from_client(pipe: &mut Pipe, state: &mut SessionState) -> io::Result<()> {
+    pipe.scan(|_| false, |tag, _| state.client_message(tag))
+}
+
+/// Upstream messages too, except ReadyForQuery, whose status byte the pool needs.
+fn scan_from_upstream(pipe: &mut Pipe, state: &mut SessionState) -> io::Result<()> {
+    pipe.scan(|tag| tag == b'Z', |tag, body| state.server_message(tag, body))
+}
+
 /// Why a relay ended.
 #[derive(Debug)]
 pub enum RelayEnd {
@@ -257,6 +272,16 @@ impl Relay {
         }
     }
 
+    /// Feeds bytes already read from either side (a client's first message read while
+    /// deciding whether to attach, server messages read past a login) into the relay so they
+    /// are forwarded before anything else.
+    pub fn preload(&mut self, from_client: &[u8], from_upstream: &[u8]) -> io::Result<()> {
+        self.to_upstream.buf.extend_from_slice(from_client);
+        scan_from_client(&mut self.to_upstream, &mut self.state)?;
+        self.to_client.buf.extend_from_slice(from_upstream);
+        scan_from_upstream(&mut self.to_client, &mut self.state)
+    }
+
     /// Runs until the client terminates or either side goes away.
     pub async fn run<C, U>(&mut self, client: &mut C, upstream: &mut U) -> RelayEnd
     where
@@ -277,9 +302,7 @@ impl Relay {
         U: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
         let state = &mut self.state;
-        let outbound = self.to_upstream.poll_pump(cx, client, upstream, |pipe| {
-            pipe.scan(|_| false, |tag, _| state.client_message(tag))
-        });
+        let outbound = self.to_upstream.poll_pump(cx, client, upstream, |pipe| scan_from_client(pipe, state));
         if let Poll::Ready(end) = outbound {
             return Poll::Ready(match end {
                 Ok(PumpEnd::Stopped) => RelayEnd::ClientTerminated,

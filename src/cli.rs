@@ -1,0 +1,185 @@
+//! The command line. Every flag can also be set as `LAKEBASE_PROXY_<FLAG>` in the environment.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::config::{ClientTls, Config, PasswordSource};
+use crate::pool::PoolSettings;
+use crate::target::Target;
+
+/// A local PostgreSQL endpoint for clients without passwords: lakebase-proxy logs in upstream
+/// over verified TLS with a password it keeps fresh, and pools the connections.
+#[derive(Debug, Parser)]
+#[command(name = "lakebase-proxy", version, about, long_about = None)]
+pub struct Cli {
+    /// Upstreams to serve: postgresql://[user@]host[:port][/dbname][?sslrootcert=PATH&port=N&connect-to=HOST:PORT]
+    #[arg(required = true, env = "LAKEBASE_PROXY_TARGET", value_name = "TARGET")]
+    pub targets: Vec<Target>,
+
+    /// Address to listen on ("localhost" means 127.0.0.1).
+    #[arg(long, env = "LAKEBASE_PROXY_ADDRESS", default_value = "127.0.0.1", value_parser = parse_address)]
+    pub address: IpAddr,
+
+    /// Port for the first target; each further target takes the next one (0: any free port).
+    #[arg(long, env = "LAKEBASE_PROXY_PORT", default_value_t = 5432)]
+    pub port: u16,
+
+    /// Also listen on DIR/.s.PGSQL.<port>, so `psql -h DIR` works.
+    #[arg(long, env = "LAKEBASE_PROXY_UNIX_SOCKET", value_name = "DIR")]
+    pub unix_socket: Option<PathBuf>,
+
+    /// Upstream password: the first line of this file, re-read every --password-ttl.
+    #[arg(long, env = "LAKEBASE_PROXY_PASSWORD_FILE", value_name = "PATH", conflicts_with = "password_command")]
+    pub password_file: Option<PathBuf>,
+
+    /// Upstream password: the first line this shell command prints, re-run every --password-ttl.
+    #[arg(long, env = "LAKEBASE_PROXY_PASSWORD_COMMAND", value_name = "CMD")]
+    pub password_command: Option<String>,
+
+    /// How long a password from a file or command is used; it is fetched again ahead of that.
+    #[arg(long, env = "LAKEBASE_PROXY_PASSWORD_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub password_ttl: Duration,
+
+    /// Trust only the CAs in this PEM file for upstream certificates (default: the system store, or SSL_CERT_FILE).
+    #[arg(long, env = "LAKEBASE_PROXY_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Certificate chain (PEM) to offer clients that ask for TLS.
+    #[arg(long, env = "LAKEBASE_PROXY_CLIENT_CERT", value_name = "PATH", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+
+    /// Private key (PEM) for --client-cert.
+    #[arg(long, env = "LAKEBASE_PROXY_CLIENT_KEY", value_name = "PATH", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+
+    /// Greet clients at once and attach an upstream connection only at their first message
+    /// (PgBouncer style: many idle clients cost no upstream connections; cancel keys are
+    /// the proxy's own).
+    #[arg(long, env = "LAKEBASE_PROXY_LAZY_ATTACH")]
+    pub lazy_attach: bool,
+
+    /// Warm connections kept open for the target's own role and database.
+    #[arg(long, env = "LAKEBASE_PROXY_MIN_IDLE", default_value_t = 0)]
+    pub min_idle: usize,
+
+    /// Most upstream connections per (database, role, options).
+    #[arg(long, env = "LAKEBASE_PROXY_MAX_POOL_SIZE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pool_size: u32,
+
+    /// Close idle connections (beyond --min-idle) unused this long.
+    #[arg(long, env = "LAKEBASE_PROXY_IDLE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Retire connections by this age (each gets up to 10% less, so they do not expire together).
+    #[arg(long, env = "LAKEBASE_PROXY_MAX_LIFETIME", default_value = "45m", value_parser = humantime::parse_duration)]
+    pub max_lifetime: Duration,
+
+    /// How long a client waits for a connection when the pool is full before it gets SQLSTATE 53300.
+    #[arg(long, env = "LAKEBASE_PROXY_CHECKOUT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub checkout_timeout: Duration,
+
+    /// Limit for opening an upstream connection (TCP, TLS and login).
+    #[arg(long, env = "LAKEBASE_PROXY_CONNECT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Limit for a client's startup handshake.
+    #[arg(long, env = "LAKEBASE_PROXY_STARTUP_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub startup_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, env = "LAKEBASE_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `lakebase_proxy=debug` (RUST_LOG syntax).
+    #[arg(long, env = "LAKEBASE_PROXY_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+fn parse_address(text: &str) -> Result<IpAddr, String> {
+    if text.eq_ignore_ascii_case("localhost") {
+        return Ok(IpAddr::from([127, 0, 0, 1]));
+    }
+    text.parse().map_err(|_| format!("{text:?} is not an IP address"))
+}
+
+impl Cli {
+    /// The settings these flags describe.
+    pub fn into_config(self) -> Config {
+        let password = match (self.password_file, self.password_command) {
+            (Some(path), _) => PasswordSource::File(path),
+            (None, Some(command)) => PasswordSource::Command(command),
+            (None, None) => PasswordSource::None,
+        };
+        let client_tls = match (self.client_cert, self.client_key) {
+            (Some(cert), Some(key)) => Some(ClientTls { cert, key }),
+            _ => None,
+        };
+        Config {
+            targets: self.targets,
+            address: self.address,
+            port: self.port,
+            unix_socket_dir: self.unix_socket,
+            password,
+            password_ttl: self.password_ttl,
+            ca_file: self.ca_file,
+            client_tls,
+            lazy_attach: self.lazy_attach,
+            pool: PoolSettings {
+                min_idle: self.min_idle,
+                max_size: self.max_pool_size as usize,
+                idle_timeout: self.idle_timeout,
+                max_lifetime: self.max_lifetime,
+                checkout_timeout: self.checkout_timeout,
+            },
+            connect_timeout: self.connect_timeout,
+            startup_timeout: self.startup_timeout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_map_onto_the_config() {
+        let cli = Cli::try_parse_from([
+            "lakebase-proxy",
+            "postgresql://app@db.example.com/sales",
+            "postgresql://db2.example.com?port=7000",
+            "--port=6000",
+            "--password-command=cat /pw",
+            "--max-lifetime=1h",
+            "--address=localhost",
+        ])
+        .unwrap();
+        let config = cli.into_config();
+        assert_eq!(config.password, PasswordSource::Command("cat /pw".into()));
+        assert_eq!(config.pool.max_lifetime, Duration::from_secs(3600));
+        assert_eq!((config.listen_port(0), config.listen_port(1)), (6000, 7000));
+        assert!(config.address.is_loopback());
+    }
+
+    #[test]
+    fn password_sources_are_exclusive() {
+        assert!(Cli::try_parse_from(["lakebase-proxy", "postgresql://h", "--password-file=a", "--password-command=b"]).is_err());
+    }
+}

@@ -1,0 +1,131 @@
+//! Accepting client connections on TCP and unix sockets.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use super::session::{TargetContext, serve};
+use super::stream::ClientStream;
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // `wait_for` returns a guard that must not be held across the select's other branch.
+    let _ = stop.wait_for(|stopped| *stopped).await.map(|_| ());
+}
+
+/// Where a client connected from.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    /// A TCP peer.
+    Tcp(SocketAddr),
+    /// A unix-socket peer (only local users can reach it; file permissions guard it).
+    Unix,
+}
+
+impl Peer {
+    /// Loopback and unix-socket clients are trusted without a password.
+    pub fn is_trusted(&self) -> bool {
+        match self {
+            Peer::Tcp(address) => address.ip().is_loopback(),
+            Peer::Unix => true,
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(address) => address.fmt(f),
+            Peer::Unix => f.write_str("unix socket"),
+        }
+    }
+}
+
+/// A bound listening socket.
+pub enum Listener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// A unix socket at this path (removed again when the listener stops).
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    /// Binds TCP.
+    pub async fn tcp(address: SocketAddr) -> io::Result<Listener> {
+        Ok(Listener::Tcp(TcpListener::bind(address).await?))
+    }
+
+    /// Binds `dir/.s.PGSQL.<port>`, the name libpq looks for with `host=dir`. A socket file
+    /// left behind by a process that died is replaced; one that still answers is not.
+    pub async fn unix(dir: &Path, port: u16) -> io::Result<Listener> {
+        let path = dir.join(format!(".s.PGSQL.{port}"));
+        if path.exists() {
+            if tokio::net::UnixStream::connect(&path).await.is_ok() {
+                return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{} is in use by another process", path.display())));
+            }
+            std::fs::remove_file(&path)?;
+        }
+        Ok(Listener::Unix(UnixListener::bind(&path)?, path))
+    }
+
+    /// What it listens on, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(listener) => listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Listener::Unix(_, path) => path.display().to_string(),
+        }
+    }
+
+    /// The TCP address, if this is a TCP listener.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Tcp(listener) => listener.local_addr().ok(),
+            Listener::Unix(..) => None,
+        }
+    }
+
+    async fn accept(&self) -> io::Result<(ClientStream, Peer)> {
+        match self {
+            Listener::Tcp(listener) => {
+                let (stream, address) = listener.accept().await?;
+                // Small protocol messages must not wait for Nagle's algorithm.
+                stream.set_nodelay(true)?;
+                Ok((ClientStream::Tcp(stream), Peer::Tcp(address)))
+            }
+            Listener::Unix(listener, _) => {
+                let (stream, _) = listener.accept().await?;
+                Ok((ClientStream::Unix(stream), Peer::Unix))
+            }
+        }
+    }
+
+    /// Accepts clients and serves each in its own task until `stop` turns true.
+    pub async fn run(self, ctx: Arc<TargetContext>, mut stop: watch::Receiver<bool>) {
+        info!(listen = %self.describe(), target = %ctx.target, "accepting clients");
+        loop {
+            tokio::select! {
+                _ = stopped(&mut stop) => break,
+                accepted = self.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        tokio::spawn(serve(stream, peer, ctx.clone()));
+                    }
+                    Err(error) => {
+                        // Out of file descriptors and the like: pause instead of spinning.
+                        error!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        if let Listener::Unix(_, path) = &self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The client side: listening sockets, the startup handshake, and the session that ties a
+//! client to an upstream connection.
+
+mod handshake;
+mod listener;
+mod session;
+mod stream;
+
+pub use handshake::HandshakeError;
+pub use listener::{Listener, Peer};
+pub use session::{SessionError, TargetContext};
+pub use stream::ClientStream;

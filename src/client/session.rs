@@ -1,0 +1,290 @@
+//! One client session as a straight chain of phases:
+//! handshake -> local auth -> pool checkout (now, or at the first message with
+//! `--lazy-attach`) -> greeting -> relay -> release.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tracing::{Instrument, debug, info, info_span};
+
+use super::handshake::{Handshake, SessionStartup, negotiate};
+use super::{ClientStream, HandshakeError, Peer};
+use crate::cancel::{CancelRegistry, CancelRoute};
+use crate::error::{UserFacing, sqlstate};
+use crate::pool::{CheckoutError, Lease, Pool, PoolKey, Pools};
+use crate::protocol::messages::{self, ErrorFields, Severity};
+use crate::protocol::{CancelKey, StartupParams};
+use crate::relay::{Relay, RelayEnd};
+use crate::target::Target;
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What sessions of one target share.
+pub struct TargetContext {
+    /// The target.
+    pub target: Target,
+    /// Its pools.
+    pub pools: Arc<Pools>,
+    /// Cancel routing, shared by all targets.
+    pub cancels: Arc<CancelRegistry>,
+    /// TLS toward clients, when configured.
+    pub client_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Greet clients before attaching an upstream.
+    pub lazy_attach: bool,
+    /// Limit for the handshake.
+    pub startup_timeout: Duration,
+}
+
+/// A session that ended in failure; the client is told via [`UserFacing`].
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The startup handshake failed.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// The client did not complete the startup in time.
+    #[error("no startup message within {}s", .0.as_secs())]
+    StartupTimeout(Duration),
+    /// The client connected from an address the proxy does not trust.
+    #[error("connections from {0} are not accepted: lakebase-proxy trusts only loopback and unix-socket clients")]
+    UntrustedPeer(String),
+    /// A replication connection was asked for.
+    #[error("replication connections are not supported through lakebase-proxy")]
+    Replication,
+    /// No upstream connection could be had.
+    #[error(transparent)]
+    Checkout(#[from] CheckoutError),
+    /// The client connection failed.
+    #[error("client connection failed: {0}")]
+    ClientIo(io::Error),
+    /// The client broke the message framing.
+    #[error("invalid message from the client: {0}")]
+    ClientProtocol(io::Error),
+    /// The upstream connection went away without a word.
+    #[error("the upstream connection was lost{}", .0.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    UpstreamLost(Option<io::Error>),
+    /// The upstream broke the message framing.
+    #[error("invalid message from the upstream: {0}")]
+    UpstreamProtocol(io::Error),
+}
+
+impl UserFacing for SessionError {
+    fn to_client(&self) -> ErrorFields {
+        let fatal = |code| ErrorFields::new(Severity::Fatal, code, format!("lakebase-proxy: {self}"));
+        match self {
+            SessionError::Handshake(error) => error.to_client(),
+            SessionError::Checkout(error) => error.to_client(),
+            SessionError::StartupTimeout(_) | SessionError::ClientProtocol(_) => fatal(sqlstate::PROTOCOL_VIOLATION),
+            SessionError::UntrustedPeer(_) => fatal(sqlstate::INVALID_AUTHORIZATION),
+            SessionError::Replication => fatal(sqlstate::FEATURE_NOT_SUPPORTED),
+            SessionError::ClientIo(_) | SessionError::UpstreamLost(_) | SessionError::UpstreamProtocol(_) => {
+                fatal(sqlstate::CONNECTION_FAILURE)
+            }
+        }
+    }
+}
+
+/// How a session ended without error.
+#[derive(Debug)]
+enum SessionEnd {
+    /// Connected and left without a startup message (probes, port scans).
+    NoStartup,
+    /// A cancel request was handled.
+    Cancel,
+    /// The client finished (Terminate or close).
+    ClientDone,
+    /// The upstream ended the session and told the client why (a FATAL such as
+    /// `pg_terminate_backend`).
+    UpstreamEnded,
+}
+
+/// Serves one client connection to completion.
+pub async fn serve(mut client: ClientStream, peer: Peer, ctx: Arc<TargetContext>) {
+    let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!("client", id, %peer, target = %ctx.target, user = tracing::field::Empty, database = tracing::field::Empty, upstream_pid = tracing::field::Empty);
+    async move {
+        match run(&mut client, &peer, &ctx).await {
+            Ok(SessionEnd::NoStartup) => debug!("closed before a startup message"),
+            Ok(end) => info!(?end, "session ended"),
+            Err(error) => {
+                info!(%error, "session failed");
+                let mut buf = BytesMut::new();
+                error.to_client().write_error(&mut buf);
+                // Best effort: the client may already be gone.
+                let _ = client.write_all(&buf).await;
+            }
+        }
+        let _ = client.shutdown().await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run(client: &mut ClientStream, peer: &Peer, ctx: &TargetContext) -> Result<SessionEnd, SessionError> {
+    let handshake = tokio::time::timeout(ctx.startup_timeout, negotiate(client, ctx.client_tls.as_ref()))
+        .await
+        .map_err(|_| SessionError::StartupTimeout(ctx.startup_timeout))??;
+    let startup = match handshake {
+        None => return Ok(SessionEnd::NoStartup),
+        Some(Handshake::Cancel(key)) => {
+            ctx.cancels.cancel(key).await;
+            return Ok(SessionEnd::Cancel);
+        }
+        Some(Handshake::Session(startup)) => startup,
+    };
+    if !peer.is_trusted() {
+        return Err(SessionError::UntrustedPeer(peer.to_string()));
+    }
+    let request = SessionRequest::new(startup, &ctx.target)?;
+    let span = tracing::Span::current();
+    span.record("user", request.key.user.as_str());
+    span.record("database", request.key.database.as_str());
+    let pool = ctx.pools.get(&request.key);
+    match (ctx.lazy_attach, pool.greeting()) {
+        (true, Some(greeting)) => lazy_session(client, &request, &pool, &greeting, ctx).await,
+        // The first client of a pool in lazy mode attaches at once: its login teaches the
+        // pool what to greet later clients with.
+        _ => eager_session(client, &request, &pool, ctx).await,
+    }
+}
+
+/// Default mode: attach now and greet with the upstream's own parameters and cancel key, so
+/// the session is indistinguishable from a direct one.
+async fn eager_session(client: &mut ClientStream, request: &SessionRequest, pool: &Arc<Pool>, ctx: &TargetContext) -> Result<SessionEnd, SessionError> {
+    let mut lease = pool.checkout(&request.params).await?;
+    let connection = lease.connection();
+    let key = connection.key();
+    let mut greeting = BytesMut::new();
+    request.write_greeting(&mut greeting, connection.server_params().iter().map(|(n, v)| (n.as_str(), v.as_str())), key);
+    client.write_all(&greeting).await.map_err(SessionError::ClientIo)?;
+    client.flush().await.map_err(SessionError::ClientIo)?;
+    attach(client, lease, key, &[], ctx).await
+}
+
+/// `--lazy-attach`: greet from the pool's cached parameters with a proxy-issued cancel key and
+/// attach an upstream only when the client first sends something.
+async fn lazy_session(
+    client: &mut ClientStream,
+    request: &SessionRequest,
+    pool: &Arc<Pool>,
+    greeting_params: &[(String, String)],
+    ctx: &TargetContext,
+) -> Result<SessionEnd, SessionError> {
+    let key = CancelKey { pid: rand::rng().random_range(1..i32::MAX), secret: rand::rng().random() };
+    let overlaid = greeting_params.iter().map(|(name, value)| {
+        let asked = request.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v);
+        (name.as_str(), asked.unwrap_or(value.as_str()))
+    });
+    let mut greeting = BytesMut::new();
+    request.write_greeting(&mut greeting, overlaid, key);
+    client.write_all(&greeting).await.map_err(SessionError::ClientIo)?;
+    client.flush().await.map_err(SessionError::ClientIo)?;
+    let first = client.read_some().await.map_err(SessionError::ClientIo)?;
+    if first.first().is_none_or(|&tag| tag == b'X') {
+        return Ok(SessionEnd::ClientDone);
+    }
+    let lease = pool.checkout(&request.params).await?;
+    attach(client, lease, key, &first, ctx).await
+}
+
+/// Relays between the client and a leased upstream connection, then gives the connection
+/// back (to the pool if it is clean, closed otherwise).
+async fn attach(client: &mut ClientStream, mut lease: Lease, client_key: CancelKey, client_bytes: &[u8], ctx: &TargetContext) -> Result<SessionEnd, SessionError> {
+    let connection = lease.connection();
+    tracing::Span::current().record("upstream_pid", connection.key().pid);
+    let _cancel_route = ctx.cancels.register(client_key, CancelRoute { upstream: ctx.pools.upstream().clone(), key: connection.key() });
+    let mut relay = Relay::default();
+    relay.preload(client_bytes, &connection.take_leftover()).map_err(SessionError::ClientProtocol)?;
+    let end = relay.run(client, connection.stream_mut()).await;
+    lease.release(relay.upstream_reusable(&end), relay.state.used);
+    match end {
+        RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => Ok(SessionEnd::ClientDone),
+        RelayEnd::UpstreamGone(_) if relay.state.last_upstream_message == b'E' => Ok(SessionEnd::UpstreamEnded),
+        RelayEnd::UpstreamGone(error) => Err(SessionError::UpstreamLost(error)),
+        RelayEnd::ClientProtocolViolation(error) => Err(SessionError::ClientProtocol(error)),
+        RelayEnd::UpstreamProtocolViolation(error) => Err(SessionError::UpstreamProtocol(error)),
+    }
+}
+
+/// A client's startup message turned into what the pool needs.
+struct SessionRequest {
+    key: PoolKey,
+    /// Startup parameters to reproduce upstream (besides user and database).
+    params: StartupParams,
+    startup: SessionStartup,
+}
+
+impl SessionRequest {
+    /// Maps the client's startup onto the target. The upstream role is the target's user when
+    /// it names one, else the client's. The database is the client's, except that a client
+    /// naming none, or libpq's default (the user name), gets the target's database.
+    fn new(mut startup: SessionStartup, target: &Target) -> Result<SessionRequest, SessionError> {
+        if startup.params.get("replication").is_some_and(|v| v != "false" && v != "off" && v != "0") {
+            return Err(SessionError::Replication);
+        }
+        let mut params = startup.params.clone();
+        let client_user = params.remove("user").unwrap_or_default();
+        let client_database = params.remove("database").filter(|db| !db.is_empty());
+        params.remove("replication");
+        let database = match (client_database, &target.database) {
+            (Some(db), Some(default)) if db == client_user => default.clone(),
+            (Some(db), _) => db,
+            (None, Some(default)) => default.clone(),
+            (None, None) => target.user.clone().unwrap_or_else(|| client_user.clone()),
+        };
+        let user = target.user.clone().unwrap_or(client_user);
+        let options = params.get("options").map(str::to_owned);
+        startup.params = StartupParams::default();
+        Ok(SessionRequest { key: PoolKey { database, user, options }, params, startup })
+    }
+
+    /// Writes the messages that complete a client's login.
+    fn write_greeting<'a>(&self, buf: &mut BytesMut, params: impl Iterator<Item = (&'a str, &'a str)>, key: CancelKey) {
+        if self.startup.needs_negotiation() {
+            messages::negotiate_protocol_version(buf, 0, &self.startup.protocol_options);
+        }
+        messages::authentication_ok(buf);
+        for (name, value) in params {
+            messages::parameter_status(buf, name, value);
+        }
+        messages::backend_key_data(buf, key);
+        messages::ready_for_query(buf, b'I');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(params: &[(&str, &str)], target: &str) -> SessionRequest {
+        let startup = SessionStartup { minor: 0, params: params.iter().copied().collect(), protocol_options: vec![] };
+        SessionRequest::new(startup, &target.parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn libpq_defaults_land_in_the_target_database() {
+        let r = request(&[("user", "root"), ("database", "root"), ("application_name", "psql")], "postgresql://app@h/sales");
+        assert_eq!(r.key, PoolKey { database: "sales".into(), user: "app".into(), options: None });
+        assert_eq!(r.params.get("application_name"), Some("psql"));
+        assert_eq!(r.params.get("user"), None);
+    }
+
+    #[test]
+    fn an_explicit_database_wins() {
+        let r = request(&[("user", "root"), ("database", "other"), ("options", "-c x=1")], "postgresql://app@h/sales");
+        assert_eq!(r.key.database, "other");
+        assert_eq!(r.key.options.as_deref(), Some("-c x=1"));
+        let r = request(&[("user", "bob")], "postgresql://h");
+        assert_eq!((r.key.user.as_str(), r.key.database.as_str()), ("bob", "bob"));
+    }
+
+    #[test]
+    fn replication_is_refused() {
+        let startup = SessionStartup { minor: 0, params: [("user", "a"), ("replication", "database")].into_iter().collect(), protocol_options: vec![] };
+        assert!(matches!(SessionRequest::new(startup, &"postgresql://h".parse().unwrap()), Err(SessionError::Replication)));
+    }
+}
