@@ -32,7 +32,12 @@ pub struct Cli {
     pub unix_socket: Option<PathBuf>,
 
     /// Upstream password: the first line of this file, re-read every --password-ttl.
-    #[arg(long, env = "LAKEBASE_PROXY_PASSWORD_FILE", value_name = "PATH", conflicts_with = "password_command")]
+    #[arg(
+        long,
+        env = "LAKEBASE_PROXY_PASSWORD_FILE",
+        value_name = "PATH",
+        conflicts_with = "password_command"
+    )]
     pub password_file: Option<PathBuf>,
 
     /// Upstream password: the first line this shell command prints, re-run every --password-ttl.
@@ -48,11 +53,21 @@ pub struct Cli {
     pub ca_file: Option<PathBuf>,
 
     /// Certificate chain (PEM) to offer clients that ask for TLS.
-    #[arg(long, env = "LAKEBASE_PROXY_CLIENT_CERT", value_name = "PATH", requires = "client_key")]
+    #[arg(
+        long,
+        env = "LAKEBASE_PROXY_CLIENT_CERT",
+        value_name = "PATH",
+        requires = "client_key"
+    )]
     pub client_cert: Option<PathBuf>,
 
     /// Private key (PEM) for --client-cert.
-    #[arg(long, env = "LAKEBASE_PROXY_CLIENT_KEY", value_name = "PATH", requires = "client_cert")]
+    #[arg(
+        long,
+        env = "LAKEBASE_PROXY_CLIENT_KEY",
+        value_name = "PATH",
+        requires = "client_cert"
+    )]
     pub client_key: Option<PathBuf>,
 
     /// Greet clients at once and attach an upstream connection only at their first message
@@ -111,7 +126,8 @@ fn parse_address(text: &str) -> Result<IpAddr, String> {
     if text.eq_ignore_ascii_case("localhost") {
         return Ok(IpAddr::from([127, 0, 0, 1]));
     }
-    text.parse().map_err(|_| format!("{text:?} is not an IP address"))
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an IP address"))
 }
 
 impl Cli {
@@ -180,6 +196,14 @@ mod tests {
 
     #[test]
     fn password_sources_are_exclusive() {
-        assert!(Cli::try_parse_from(["lakebase-proxy", "postgresql://h", "--password-file=a", "--password-command=b"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "lakebase-proxy",
+                "postgresql://h",
+                "--password-file=a",
+                "--password-command=b"
+            ])
+            .is_err()
+        );
     }
 }

@@ -12,7 +12,9 @@ use tracing::info;
 use crate::cancel::CancelRegistry;
 use crate::client::{Listener, TargetContext};
 use crate::config::{Config, PasswordSource};
-use crate::credentials::{CommandSource, CredentialCache, CredentialSource, FileSource, RefreshPolicy};
+use crate::credentials::{
+    CommandSource, CredentialCache, CredentialSource, FileSource, RefreshPolicy,
+};
 use crate::pool::{PoolKey, Pools, Upstream};
 use crate::tls::{self, TlsSetupError, TrustRoots};
 use crate::upstream::{ConnectError, Endpoint};
@@ -71,14 +73,22 @@ impl RunningProxy {
                 Some(path) => TrustRoots::CaFile(path.clone()),
                 None => TrustRoots::System,
             };
-            let endpoint = Endpoint::new(target, tls::upstream_config(&roots)?, config.connect_timeout)?;
+            let endpoint = Endpoint::new(
+                target,
+                tls::upstream_config(&roots)?,
+                config.connect_timeout,
+            )?;
             // Warm connections only make sense where the role and database are known up front.
             let warm = target.user.as_ref().map(|user| PoolKey {
                 database: target.database.clone().unwrap_or_else(|| user.clone()),
                 user: user.clone(),
                 options: None,
             });
-            let upstream = Upstream { endpoint, credentials: credentials.clone(), settings: config.pool.clone() };
+            let upstream = Upstream {
+                endpoint,
+                credentials: credentials.clone(),
+                settings: config.pool.clone(),
+            };
             let pools = Pools::new(upstream, warm);
             background_tasks.push(pools.spawn_maintenance());
             let ctx = Arc::new(TargetContext {
@@ -90,13 +100,21 @@ impl RunningProxy {
                 startup_timeout: config.startup_timeout,
             });
             let address = SocketAddr::new(config.address, config.listen_port(index));
-            let tcp = Listener::tcp(address).await.map_err(|source| StartError::Bind { address: address.to_string(), source })?;
+            let tcp = Listener::tcp(address)
+                .await
+                .map_err(|source| StartError::Bind {
+                    address: address.to_string(),
+                    source,
+                })?;
             let tcp_address = tcp.local_addr().expect("a TCP listener has an address");
             let mut unix_socket = None;
             if let Some(dir) = &config.unix_socket_dir {
                 let unix = Listener::unix(dir, tcp_address.port())
                     .await
-                    .map_err(|source| StartError::Bind { address: dir.display().to_string(), source })?;
+                    .map_err(|source| StartError::Bind {
+                        address: dir.display().to_string(),
+                        source,
+                    })?;
                 if let Listener::Unix(_, path) = &unix {
                     unix_socket = Some(path.clone());
                 }
@@ -104,9 +122,18 @@ impl RunningProxy {
             }
             listener_tasks.push(tokio::spawn(tcp.run(ctx, stopped.clone())));
             info!(%target, listen = %tcp_address, "target ready");
-            targets.push(RunningTarget { tcp_address, unix_socket, pools });
+            targets.push(RunningTarget {
+                tcp_address,
+                unix_socket,
+                pools,
+            });
         }
-        Ok(RunningProxy { targets, stop, listener_tasks, background_tasks })
+        Ok(RunningProxy {
+            targets,
+            stop,
+            listener_tasks,
+            background_tasks,
+        })
     }
 
     /// The TCP address target number `index` listens on.
@@ -143,6 +170,9 @@ fn credential_cache(config: &Config) -> Option<Arc<CredentialCache>> {
         PasswordSource::File(path) => Box::new(FileSource::new(path.clone())),
         PasswordSource::Command(command) => Box::new(CommandSource::new(command.clone())),
     };
-    let policy = RefreshPolicy { assumed_lifetime: config.password_ttl, ..RefreshPolicy::default() };
+    let policy = RefreshPolicy {
+        assumed_lifetime: config.password_ttl,
+        ..RefreshPolicy::default()
+    };
     Some(CredentialCache::new(source, policy))
 }

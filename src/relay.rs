@@ -230,7 +230,10 @@ fn scan_from_client(pipe: &mut Pipe, state: &mut SessionState) -> io::Result<()>
 
 /// Upstream messages too, except ReadyForQuery, whose status byte the pool needs.
 fn scan_from_upstream(pipe: &mut Pipe, state: &mut SessionState) -> io::Result<()> {
-    pipe.scan(|tag| tag == b'Z', |tag, body| state.server_message(tag, body))
+    pipe.scan(
+        |tag| tag == b'Z',
+        |tag, body| state.server_message(tag, body),
+    )
 }
 
 /// Why a relay ended.
@@ -302,7 +305,9 @@ impl Relay {
         U: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
         let state = &mut self.state;
-        let outbound = self.to_upstream.poll_pump(cx, client, upstream, |pipe| scan_from_client(pipe, state));
+        let outbound = self
+            .to_upstream
+            .poll_pump(cx, client, upstream, |pipe| scan_from_client(pipe, state));
         if let Poll::Ready(end) = outbound {
             return Poll::Ready(match end {
                 Ok(PumpEnd::Stopped) => RelayEnd::ClientTerminated,

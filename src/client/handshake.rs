@@ -57,7 +57,9 @@ pub enum HandshakeError {
 impl UserFacing for HandshakeError {
     fn to_client(&self) -> ErrorFields {
         let code = match self {
-            HandshakeError::Startup(StartupError::UnsupportedProtocol { .. }) => sqlstate::FEATURE_NOT_SUPPORTED,
+            HandshakeError::Startup(StartupError::UnsupportedProtocol { .. }) => {
+                sqlstate::FEATURE_NOT_SUPPORTED
+            }
             _ => sqlstate::PROTOCOL_VIOLATION,
         };
         ErrorFields::new(Severity::Fatal, code, format!("lakebase-proxy: {self}"))
@@ -66,7 +68,10 @@ impl UserFacing for HandshakeError {
 
 /// Reads startup packets until the client asks for a session or a cancel; `Ok(None)` when it
 /// left without asking for either. SSLRequest is accepted on TCP when `tls` is configured.
-pub async fn negotiate(client: &mut ClientStream, tls: Option<&Arc<rustls::ServerConfig>>) -> Result<Option<Handshake>, HandshakeError> {
+pub async fn negotiate(
+    client: &mut ClientStream,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+) -> Result<Option<Handshake>, HandshakeError> {
     for _ in 0..MAX_PRELUDE_PACKETS {
         let Some(packet) = read_packet(client).await? else {
             return Ok(None);
@@ -75,14 +80,25 @@ pub async fn negotiate(client: &mut ClientStream, tls: Option<&Arc<rustls::Serve
             StartupRequest::Ssl => match tls {
                 Some(config) if client.is_tcp() => {
                     client.write_all(b"S").await.map_err(StartupError::Io)?;
-                    client.upgrade_to_tls(config.clone()).await.map_err(HandshakeError::Tls)?;
+                    client
+                        .upgrade_to_tls(config.clone())
+                        .await
+                        .map_err(HandshakeError::Tls)?;
                 }
                 _ => client.write_all(b"N").await.map_err(StartupError::Io)?,
             },
             StartupRequest::GssEnc => client.write_all(b"N").await.map_err(StartupError::Io)?,
             StartupRequest::Cancel(key) => return Ok(Some(Handshake::Cancel(key))),
-            StartupRequest::Startup { minor, params, protocol_options } => {
-                return Ok(Some(Handshake::Session(SessionStartup { minor, params, protocol_options })));
+            StartupRequest::Startup {
+                minor,
+                params,
+                protocol_options,
+            } => {
+                return Ok(Some(Handshake::Session(SessionStartup {
+                    minor,
+                    params,
+                    protocol_options,
+                })));
             }
         }
     }

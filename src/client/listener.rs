@@ -68,7 +68,10 @@ impl Listener {
         let path = dir.join(format!(".s.PGSQL.{port}"));
         if path.exists() {
             if tokio::net::UnixStream::connect(&path).await.is_ok() {
-                return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{} is in use by another process", path.display())));
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is in use by another process", path.display()),
+                ));
             }
             std::fs::remove_file(&path)?;
         }
@@ -78,7 +81,10 @@ impl Listener {
     /// What it listens on, for logs.
     pub fn describe(&self) -> String {
         match self {
-            Listener::Tcp(listener) => listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Listener::Tcp(listener) => listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             Listener::Unix(_, path) => path.display().to_string(),
         }
     }

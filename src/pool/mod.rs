@@ -104,7 +104,13 @@ pub struct Upstream {
 
 impl Pool {
     fn new(key: PoolKey, upstream: Arc<Upstream>) -> Pool {
-        Pool { key, upstream, state: Mutex::default(), available: Notify::new(), greeting: Mutex::new(None) }
+        Pool {
+            key,
+            upstream,
+            state: Mutex::default(),
+            available: Notify::new(),
+            greeting: Mutex::new(None),
+        }
     }
 
     /// The key this pool serves.
@@ -145,7 +151,11 @@ pub struct Pools {
 impl Pools {
     /// Pools for `upstream`; `warm` names the pool to keep `min_idle` connections in.
     pub fn new(upstream: Upstream, warm: Option<PoolKey>) -> Arc<Pools> {
-        Arc::new(Pools { upstream: Arc::new(upstream), pools: Mutex::default(), warm })
+        Arc::new(Pools {
+            upstream: Arc::new(upstream),
+            pools: Mutex::default(),
+            warm,
+        })
     }
 
     /// The pool for `key`.
