@@ -8,7 +8,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::config::{ClientTls, Config, PasswordSource};
 use crate::pool::PoolSettings;
-use crate::target::Target;
+use crate::target::{Target, TargetError};
 
 /// A local PostgreSQL endpoint for clients without passwords: lakebase-proxy logs in upstream
 /// over verified TLS with a password it keeps fresh, and pools the connections.
@@ -16,8 +16,10 @@ use crate::target::Target;
 #[command(name = "lakebase-proxy", version, about, long_about = None)]
 pub struct Cli {
     /// Upstreams to serve: postgresql://[user@]host[:port][/dbname][?sslrootcert=PATH&port=N&connect-to=HOST:PORT]
+    // Kept as text here and parsed in `into_config`: clap would echo a rejected value, and a
+    // target with a password in it must not be printed.
     #[arg(required = true, env = "LAKEBASE_PROXY_TARGET", value_name = "TARGET")]
-    pub targets: Vec<Target>,
+    pub targets: Vec<String>,
 
     /// Address to listen on ("localhost" means 127.0.0.1).
     #[arg(long, env = "LAKEBASE_PROXY_ADDRESS", default_value = "127.0.0.1", value_parser = parse_address)]
@@ -131,8 +133,13 @@ fn parse_address(text: &str) -> Result<IpAddr, String> {
 }
 
 impl Cli {
-    /// The settings these flags describe.
-    pub fn into_config(self) -> Config {
+    /// The settings these flags describe, or why a target is unusable.
+    pub fn into_config(self) -> Result<Config, TargetError> {
+        let targets = self
+            .targets
+            .iter()
+            .map(|spec| spec.parse())
+            .collect::<Result<Vec<Target>, _>>()?;
         let password = match (self.password_file, self.password_command) {
             (Some(path), _) => PasswordSource::File(path),
             (None, Some(command)) => PasswordSource::Command(command),
@@ -142,8 +149,8 @@ impl Cli {
             (Some(cert), Some(key)) => Some(ClientTls { cert, key }),
             _ => None,
         };
-        Config {
-            targets: self.targets,
+        Ok(Config {
+            targets,
             address: self.address,
             port: self.port,
             unix_socket_dir: self.unix_socket,
@@ -161,7 +168,7 @@ impl Cli {
             },
             connect_timeout: self.connect_timeout,
             startup_timeout: self.startup_timeout,
-        }
+        })
     }
 }
 
@@ -187,7 +194,7 @@ mod tests {
             "--address=localhost",
         ])
         .unwrap();
-        let config = cli.into_config();
+        let config = cli.into_config().unwrap();
         assert_eq!(config.password, PasswordSource::Command("cat /pw".into()));
         assert_eq!(config.pool.max_lifetime, Duration::from_secs(3600));
         assert_eq!((config.listen_port(0), config.listen_port(1)), (6000, 7000));

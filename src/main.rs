@@ -11,6 +11,13 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
+    let config = match cli.into_config() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("lakebase-proxy: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -22,7 +29,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let proxy = match RunningProxy::start(cli.into_config()).await {
+        let proxy = match RunningProxy::start(config).await {
             Ok(proxy) => proxy,
             Err(error) => {
                 error!(%error, "cannot start");

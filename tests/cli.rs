@@ -1,0 +1,313 @@
+//! The real binary with real clients: psql and pgbench through lakebase-proxy to a TLS
+//! PostgreSQL, over TCP, a unix socket and client-side TLS.
+
+mod support;
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{APP_DB, PASSWORD, PgServer, SCRAM_USER, TestPki};
+
+/// A running `lakebase-proxy` process, killed (by PID) when dropped.
+struct ProxyProcess {
+    child: Option<Child>,
+    port: u16,
+    log: tempfile::NamedTempFile,
+}
+
+impl ProxyProcess {
+    fn start(extra: &[&str]) -> ProxyProcess {
+        let pg = PgServer::shared();
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let target = format!(
+            "postgresql://{SCRAM_USER}@localhost:{}/{APP_DB}?sslrootcert={}",
+            pg.port(),
+            pg.ca_path().display()
+        );
+        let child = Command::new(env!("CARGO_BIN_EXE_lakebase-proxy"))
+            .arg(target)
+            .arg(format!("--port={port}"))
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("start lakebase-proxy");
+        let mut proxy = ProxyProcess {
+            child: Some(child),
+            port,
+            log,
+        };
+        proxy.wait_until_listening();
+        proxy
+    }
+
+    fn wait_until_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("lakebase-proxy exited with {status}: {}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lakebase-proxy did not listen: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and returns the exit status and the log.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        let status = child.wait().unwrap();
+        (status, self.log_text())
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs psql with `connection` (a conninfo string) and `args`; returns the output.
+fn psql(connection: &str, args: &[&str]) -> Output {
+    Command::new("psql")
+        .arg("-X")
+        .arg("-v")
+        .arg("ON_ERROR_STOP=1")
+        .arg("-At")
+        .arg("-d")
+        .arg(connection)
+        .args(args)
+        .env_remove("PGPASSWORD")
+        .env("PGCONNECT_TIMEOUT", "20")
+        .output()
+        .expect("run psql")
+}
+
+fn stdout_of(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn psql_with_no_flags_lands_in_the_target_database_over_a_unix_socket() {
+    let pg = PgServer::shared();
+    let sockets = tempfile::tempdir().unwrap();
+    let command = format!("cat {}", pg.password_file().display());
+    let proxy = ProxyProcess::start(&[
+        "--unix-socket",
+        sockets.path().to_str().unwrap(),
+        "--password-command",
+        &command,
+    ]);
+    // Like `psql -h DIR`: no user, no database, no password.
+    let output = psql(
+        &format!("host={} port={}", sockets.path().display(), proxy.port),
+        &["-c", "SELECT current_user || ' ' || current_database()"],
+    );
+    assert_eq!(stdout_of(output), format!("{SCRAM_USER} {APP_DB}"));
+    let output = psql(
+        &format!("host=127.0.0.1 port={}", proxy.port),
+        &["-c", "SELECT 1"],
+    );
+    assert_eq!(stdout_of(output), "1");
+}
+
+#[test]
+fn psql_copy_large_objects_and_errors() {
+    let pg = PgServer::shared();
+    let proxy = ProxyProcess::start(&["--password-file", pg.password_file().to_str().unwrap()]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("rows.tsv");
+    let rows: String = (0..5000).map(|i| format!("{i}\tvalue {i}\n")).collect();
+    std::fs::write(&data, &rows).unwrap();
+    let blob = dir.path().join("blob.bin");
+    std::fs::write(
+        &blob,
+        (0..200_000u32).map(|i| (i % 256) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let exported = dir.path().join("exported.bin");
+    let copied_out = dir.path().join("out.tsv");
+    let script = format!(
+        "CREATE TEMP TABLE t (id int, v text);\n\
+         \\copy t FROM '{data}'\n\
+         SELECT count(*) FROM t;\n\
+         \\copy t TO '{out}'\n\
+         BEGIN;\n\
+         \\lo_import '{blob}'\n\
+         \\lo_export :LASTOID '{exported}'\n\
+         ROLLBACK;\n",
+        data = data.display(),
+        out = copied_out.display(),
+        blob = blob.display(),
+        exported = exported.display()
+    );
+    let script_path = dir.path().join("script.sql");
+    std::fs::write(&script_path, script).unwrap();
+    let output = psql(
+        &format!("host=127.0.0.1 port={}", proxy.port),
+        &["-f", script_path.to_str().unwrap()],
+    );
+    let text = stdout_of(output);
+    assert!(text.lines().any(|l| l == "5000"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(&copied_out).unwrap(),
+        rows,
+        "\\copy out returns what went in"
+    );
+    // \lo_import and \lo_export use the FunctionCall message.
+    assert_eq!(
+        std::fs::read(&exported).unwrap(),
+        std::fs::read(&blob).unwrap()
+    );
+    // An error is reported with its SQLSTATE and the session goes on.
+    let output = psql(
+        &format!("host=127.0.0.1 port={}", proxy.port),
+        &["-v", "VERBOSITY=verbose", "-c", "SELECT 1/0"],
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("22012"),
+        "{output:?}"
+    );
+}
+
+#[test]
+fn pgbench_runs_through_the_proxy_without_failures() {
+    let pg = PgServer::shared();
+    // Session mode: each of pgbench's 8 clients holds an upstream connection throughout.
+    let proxy = ProxyProcess::start(&[
+        "--password-file",
+        pg.password_file().to_str().unwrap(),
+        "--max-pool-size",
+        "8",
+    ]);
+    let connection = format!("host=127.0.0.1 port={} dbname={APP_DB}", proxy.port);
+    let init = Command::new("pgbench")
+        .args(["-i", "-s", "1", "-q", &connection])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let run = Command::new("pgbench")
+        .args([
+            "-c",
+            "8",
+            "-j",
+            "2",
+            "-t",
+            "100",
+            "-M",
+            "prepared",
+            &connection,
+        ])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "pgbench: {report} {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        report.contains("number of transactions actually processed: 800/800"),
+        "{report}"
+    );
+    assert!(
+        report.contains("number of failed transactions: 0"),
+        "{report}"
+    );
+}
+
+#[test]
+fn clients_can_use_tls_to_the_proxy() {
+    let pg = PgServer::shared();
+    let pki = TestPki::new();
+    let (cert, key) = pki.leaf(&["localhost", "127.0.0.1"]);
+    let proxy = ProxyProcess::start(&[
+        "--password-file",
+        pg.password_file().to_str().unwrap(),
+        "--client-cert",
+        cert.to_str().unwrap(),
+        "--client-key",
+        key.to_str().unwrap(),
+    ]);
+    let connection = format!(
+        "host=localhost port={} sslmode=verify-full sslrootcert={}",
+        proxy.port,
+        pki.ca_path().display()
+    );
+    let output = psql(&connection, &["-c", "\\conninfo"]);
+    let text = stdout_of(output);
+    assert!(text.contains("SSL connection"), "{text}");
+}
+
+#[test]
+fn sigterm_exits_cleanly_and_logs_hold_no_password() {
+    let pg = PgServer::shared();
+    let proxy = ProxyProcess::start(&[
+        "--password-file",
+        pg.password_file().to_str().unwrap(),
+        "--log-level",
+        "trace",
+    ]);
+    let output = psql(
+        &format!("host=127.0.0.1 port={}", proxy.port),
+        &["-c", "SELECT 1"],
+    );
+    assert_eq!(stdout_of(output), "1");
+    let (status, log) = proxy.terminate();
+    assert!(status.success(), "exit status {status}: {log}");
+    assert!(
+        log.contains("session ended"),
+        "one line per session at info: {log}"
+    );
+    assert!(!log.contains(PASSWORD), "the password leaked into the log");
+}
+
+#[test]
+fn bad_arguments_fail_with_a_readable_message() {
+    let output = Command::new(env!("CARGO_BIN_EXE_lakebase-proxy"))
+        .args(["postgresql://user:hunter2@h/db"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--password-file") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
+}
