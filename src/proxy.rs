@@ -54,20 +54,16 @@ struct RunningTarget {
 
 impl RunningProxy {
     /// Binds every listener, starts the background work, and begins accepting clients.
+    /// Nothing is started unless every target could be set up.
     pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
-        let (stop, stopped) = watch::channel(false);
-        let mut background_tasks = Vec::new();
         let credentials = credential_cache(&config);
-        if let Some(cache) = &credentials {
-            background_tasks.push(cache.spawn_refresher());
-        }
         let client_tls = match &config.client_tls {
             Some(files) => Some(tls::client_facing_config(&files.cert, &files.key)?),
             None => None,
         };
         let cancels = Arc::new(CancelRegistry::default());
         let mut targets = Vec::new();
-        let mut listener_tasks = Vec::new();
+        let mut listeners = Vec::new();
         for (index, target) in config.targets.iter().enumerate() {
             let roots = match target.ca_file.as_ref().or(config.ca_file.as_ref()) {
                 Some(path) => TrustRoots::CaFile(path.clone()),
@@ -90,7 +86,6 @@ impl RunningProxy {
                 settings: config.pool.clone(),
             };
             let pools = Pools::new(upstream, warm);
-            background_tasks.push(pools.spawn_maintenance());
             let ctx = Arc::new(TargetContext {
                 target: target.clone(),
                 pools: pools.clone(),
@@ -118,9 +113,9 @@ impl RunningProxy {
                 if let Listener::Unix(_, path) = &unix {
                     unix_socket = Some(path.clone());
                 }
-                listener_tasks.push(tokio::spawn(unix.run(ctx.clone(), stopped.clone())));
+                listeners.push((unix, ctx.clone()));
             }
-            listener_tasks.push(tokio::spawn(tcp.run(ctx, stopped.clone())));
+            listeners.push((tcp, ctx));
             info!(%target, listen = %tcp_address, "target ready");
             targets.push(RunningTarget {
                 tcp_address,
@@ -128,6 +123,17 @@ impl RunningProxy {
                 pools,
             });
         }
+
+        let (stop, stopped) = watch::channel(false);
+        let mut background_tasks: Vec<_> = targets
+            .iter()
+            .map(|t| t.pools.spawn_maintenance())
+            .collect();
+        background_tasks.extend(credentials.map(|cache| cache.spawn_refresher()));
+        let listener_tasks = listeners
+            .into_iter()
+            .map(|(listener, ctx)| tokio::spawn(listener.run(ctx, stopped.clone())))
+            .collect();
         Ok(RunningProxy {
             targets,
             stop,

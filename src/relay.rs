@@ -345,3 +345,167 @@ impl Relay {
             && self.to_client.read_to_message_boundary()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Runs a relay between two in-memory pipes; returns the far ends and the relay task.
+    fn start() -> (
+        DuplexStream,
+        DuplexStream,
+        tokio::task::JoinHandle<(Relay, RelayEnd)>,
+    ) {
+        let (client_far, mut client_near) = duplex(64 * 1024);
+        let (upstream_far, mut upstream_near) = duplex(64 * 1024);
+        let task = tokio::spawn(async move {
+            let mut relay = Relay::default();
+            let end = relay.run(&mut client_near, &mut upstream_near).await;
+            (relay, end)
+        });
+        (client_far, upstream_far, task)
+    }
+
+    async fn read_exactly(stream: &mut DuplexStream, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        stream.read_exact(&mut buf).await.unwrap();
+        buf
+    }
+
+    #[tokio::test]
+    async fn terminate_ends_the_relay_and_is_not_forwarded() {
+        let (mut client, mut upstream, task) = start();
+        let query = message(b'Q', b"SELECT 1\0");
+        client.write_all(&query).await.unwrap();
+        assert_eq!(read_exactly(&mut upstream, query.len()).await, query);
+        let answer = [message(b'C', b"SELECT 1\0"), message(b'Z', b"I")].concat();
+        upstream.write_all(&answer).await.unwrap();
+        assert_eq!(read_exactly(&mut client, answer.len()).await, answer);
+        client.write_all(&message(b'X', b"")).await.unwrap();
+        let (relay, end) = task.await.unwrap();
+        assert!(matches!(end, RelayEnd::ClientTerminated));
+        assert!(relay.upstream_reusable(&end));
+        drop(relay);
+        let mut rest = Vec::new();
+        upstream.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "the upstream never sees Terminate");
+    }
+
+    #[tokio::test]
+    async fn an_open_transaction_or_unanswered_query_is_not_reusable() {
+        let (mut client, mut upstream, task) = start();
+        client.write_all(&message(b'Q', b"BEGIN\0")).await.unwrap();
+        upstream
+            .write_all(&[message(b'C', b"BEGIN\0"), message(b'Z', b"T")].concat())
+            .await
+            .unwrap();
+        read_exactly(&mut client, 17).await;
+        drop(client);
+        let (relay, end) = task.await.unwrap();
+        assert!(matches!(end, RelayEnd::ClientGone(None)));
+        assert_eq!(relay.state.transaction_status, b'T');
+        assert!(!relay.upstream_reusable(&end));
+
+        let (mut client, _upstream, task) = start();
+        client
+            .write_all(&message(b'Q', b"SELECT pg_sleep(9)\0"))
+            .await
+            .unwrap();
+        client.write_all(&message(b'X', b"")).await.unwrap();
+        let (relay, end) = task.await.unwrap();
+        assert_eq!(relay.state.awaiting_ready, 1);
+        assert!(!relay.upstream_reusable(&end));
+    }
+
+    #[tokio::test]
+    async fn extended_protocol_without_sync_is_not_reusable() {
+        let (mut client, mut upstream, task) = start();
+        let parse = message(b'P', b"\0SELECT 1\0\0\0");
+        client.write_all(&parse).await.unwrap();
+        read_exactly(&mut upstream, parse.len()).await;
+        client.write_all(&message(b'X', b"")).await.unwrap();
+        let (relay, end) = task.await.unwrap();
+        assert!(relay.state.unsynced);
+        assert!(!relay.upstream_reusable(&end));
+    }
+
+    #[tokio::test]
+    async fn a_message_cut_short_by_the_client_is_not_reusable() {
+        let (mut client, mut upstream, task) = start();
+        let copy_data = message(b'd', &[7u8; 1000]);
+        client.write_all(&copy_data[..600]).await.unwrap();
+        read_exactly(&mut upstream, 600).await;
+        drop(client);
+        let (relay, end) = task.await.unwrap();
+        assert!(
+            !relay.upstream_reusable(&end),
+            "the upstream holds half a message"
+        );
+    }
+
+    #[tokio::test]
+    async fn large_messages_stream_through_a_small_buffer() {
+        let (mut client, mut upstream, task) = start();
+        client
+            .write_all(&message(b'Q', b"SELECT big\0"))
+            .await
+            .unwrap();
+        read_exactly(&mut upstream, 16).await;
+        let row = message(b'D', &vec![42u8; 8 * 1024 * 1024]);
+        let row_len = row.len();
+        let writer = tokio::spawn(async move {
+            upstream.write_all(&row).await.unwrap();
+            upstream.write_all(&message(b'Z', b"I")).await.unwrap();
+            upstream
+        });
+        let received = read_exactly(&mut client, row_len + 6).await;
+        assert_eq!(&received[row_len..], &message(b'Z', b"I")[..]);
+        let _upstream = writer.await.unwrap();
+        client.write_all(&message(b'X', b"")).await.unwrap();
+        let (relay, end) = task.await.unwrap();
+        assert!(relay.upstream_reusable(&end));
+        assert!(
+            relay.to_client.buf.capacity() <= MAX_IDLE_CAPACITY,
+            "capacity {}",
+            relay.to_client.buf.capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn pipelined_syncs_wait_for_every_ready_for_query() {
+        let (mut client, mut upstream, task) = start();
+        let batch = [
+            message(b'S', b""),
+            message(b'S', b""),
+            message(b'Q', b"SELECT 1\0"),
+        ]
+        .concat();
+        client.write_all(&batch).await.unwrap();
+        read_exactly(&mut upstream, batch.len()).await;
+        upstream
+            .write_all(&[message(b'Z', b"I"), message(b'Z', b"I")].concat())
+            .await
+            .unwrap();
+        read_exactly(&mut client, 12).await;
+        client.write_all(&message(b'X', b"")).await.unwrap();
+        let (relay, end) = task.await.unwrap();
+        assert_eq!(relay.state.awaiting_ready, 1, "one answer is still owed");
+        assert!(!relay.upstream_reusable(&end));
+    }
+
+    #[tokio::test]
+    async fn a_broken_length_from_the_client_is_a_protocol_violation() {
+        let (mut client, _upstream, task) = start();
+        client.write_all(&[b'Q', 0, 0, 0, 2]).await.unwrap();
+        let (_, end) = task.await.unwrap();
+        assert!(matches!(end, RelayEnd::ClientProtocolViolation(_)));
+    }
+}

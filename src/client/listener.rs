@@ -52,7 +52,7 @@ impl fmt::Display for Peer {
 pub enum Listener {
     /// TCP.
     Tcp(TcpListener),
-    /// A unix socket at this path (removed again when the listener stops).
+    /// A unix socket at this path (removed again when the listener is dropped).
     Unix(UnixListener, PathBuf),
 }
 
@@ -130,7 +130,13 @@ impl Listener {
                 },
             }
         }
-        if let Listener::Unix(_, path) = &self {
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // Leave no socket file behind for the next start to trip over.
+        if let Listener::Unix(_, path) = self {
             let _ = std::fs::remove_file(path);
         }
     }

@@ -66,6 +66,9 @@ impl std::fmt::Display for PoolKey {
     }
 }
 
+/// ParameterStatus values as (name, value) pairs, shared cheaply.
+pub type ServerParams = Arc<[(String, String)]>;
+
 /// An idle connection with the time it must be closed by.
 struct Pooled {
     connection: ServerConnection,
@@ -89,7 +92,7 @@ pub struct Pool {
     /// Signalled when a connection goes idle or a slot frees up.
     available: Notify,
     /// ParameterStatus values of the last login, to greet clients before attaching.
-    greeting: Mutex<Option<Arc<[(String, String)]>>>,
+    greeting: Mutex<Option<ServerParams>>,
 }
 
 /// Everything needed to open connections to one target.
@@ -119,7 +122,7 @@ impl Pool {
     }
 
     /// Parameters to greet a client with before any connection is attached, if known.
-    pub fn greeting(&self) -> Option<Arc<[(String, String)]>> {
+    pub fn greeting(&self) -> Option<ServerParams> {
         self.greeting.lock().unwrap().clone()
     }
 
