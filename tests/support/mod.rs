@@ -292,7 +292,7 @@ impl PgServer {
         // First match wins, so the per-user methods must precede the catch-all.
         fs::write(
             data.join("pg_hba.conf"),
-            "local   all  postgres                 trust\n\
+            "local   all  all                      trust\n\
              hostssl all  clear_user  127.0.0.1/32 password\n\
              hostssl all  md5_user    127.0.0.1/32 md5\n\
              hostssl all  all         127.0.0.1/32 scram-sha-256\n\

@@ -1,0 +1,1 @@
+//! fake-lakebase (under construction).
