@@ -7,19 +7,42 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::config::{ClientTls, Config, PasswordSource};
+use crate::databricks::WorkspaceFlags;
 use crate::pool::PoolSettings;
-use crate::target::{Target, TargetError};
+use crate::target::{TargetError, TargetSpec};
 
 /// A local PostgreSQL endpoint for clients without passwords: lakebase-proxy logs in upstream
 /// over verified TLS with a password it keeps fresh, and pools the connections.
 #[derive(Debug, Parser)]
 #[command(name = "lakebase-proxy", version, about, long_about = None)]
 pub struct Cli {
-    /// Upstreams to serve: postgresql://[user@]host[:port][/dbname][?sslrootcert=PATH&port=N&connect-to=HOST:PORT]
+    /// Upstreams to serve: a Lakebase name (projects/P/branches/B/endpoints/E, projects/P/branches/B,
+    /// projects/P, instances/NAME) or postgresql://[user@]host[:port][/dbname]; options as
+    /// ?port=N&connect-to=HOST:PORT (and database=, user=, read-only for Lakebase; sslrootcert= for URLs)
     // Kept as text here and parsed in `into_config`: clap would echo a rejected value, and a
     // target with a password in it must not be printed.
     #[arg(required = true, env = "LAKEBASE_PROXY_TARGET", value_name = "TARGET")]
     pub targets: Vec<String>,
+
+    /// Databricks workspace URL (else DATABRICKS_HOST or the config profile).
+    #[arg(long, env = "LAKEBASE_PROXY_HOST", value_name = "URL")]
+    pub host: Option<String>,
+
+    /// Profile of ~/.databrickscfg to use (else DATABRICKS_CONFIG_PROFILE, [__settings__] default_profile, [DEFAULT]).
+    #[arg(long, env = "LAKEBASE_PROXY_PROFILE")]
+    pub profile: Option<String>,
+
+    /// Force one workspace auth method: pat, oauth-m2m or databricks-cli (else DATABRICKS_AUTH_TYPE).
+    #[arg(long, env = "LAKEBASE_PROXY_AUTH_TYPE")]
+    pub auth_type: Option<String>,
+
+    /// Lifetime to ask for when minting Lakebase credentials (300s to 1h; default: the API's, 1h).
+    #[arg(long, env = "LAKEBASE_PROXY_TOKEN_TTL", value_parser = humantime::parse_duration)]
+    pub token_ttl: Option<Duration>,
+
+    /// Resolve every target, mint a credential, log in, run SELECT 1, print what was used, and exit 0 or 1.
+    #[arg(long, env = "LAKEBASE_PROXY_RUN_CONNECTION_TEST")]
+    pub run_connection_test: bool,
 
     /// Address to listen on ("localhost" means 127.0.0.1).
     #[arg(long, env = "LAKEBASE_PROXY_ADDRESS", default_value = "127.0.0.1", value_parser = parse_address)]
@@ -139,7 +162,7 @@ impl Cli {
             .targets
             .iter()
             .map(|spec| spec.parse())
-            .collect::<Result<Vec<Target>, _>>()?;
+            .collect::<Result<Vec<TargetSpec>, _>>()?;
         let password = match (self.password_file, self.password_command) {
             (Some(path), _) => PasswordSource::File(path),
             (None, Some(command)) => PasswordSource::Command(command),
@@ -151,6 +174,12 @@ impl Cli {
         };
         Ok(Config {
             targets,
+            databricks: WorkspaceFlags {
+                host: self.host,
+                profile: self.profile,
+                auth_type: self.auth_type,
+            },
+            token_ttl: self.token_ttl,
             address: self.address,
             port: self.port,
             unix_socket_dir: self.unix_socket,

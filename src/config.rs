@@ -4,8 +4,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::databricks::WorkspaceFlags;
 use crate::pool::PoolSettings;
-use crate::target::Target;
+use crate::target::TargetSpec;
 
 /// Where upstream passwords come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +32,11 @@ pub struct ClientTls {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Upstreams to serve, each on its own local port.
-    pub targets: Vec<Target>,
+    pub targets: Vec<TargetSpec>,
+    /// Workspace login settings given on the command line (for Lakebase targets).
+    pub databricks: WorkspaceFlags,
+    /// Lifetime to ask for when minting Lakebase credentials (API default: 1 h).
+    pub token_ttl: Option<Duration>,
     /// Local address to listen on.
     pub address: IpAddr,
     /// Local port of the first target; later targets take the following ports unless they
@@ -59,9 +64,11 @@ pub struct Config {
 
 impl Config {
     /// A configuration with the defaults for `targets`.
-    pub fn new(targets: Vec<Target>) -> Config {
+    pub fn new(targets: Vec<TargetSpec>) -> Config {
         Config {
             targets,
+            databricks: WorkspaceFlags::default(),
+            token_ttl: None,
             address: IpAddr::from([127, 0, 0, 1]),
             port: 5432,
             unix_socket_dir: None,
@@ -78,7 +85,7 @@ impl Config {
 
     /// The local port for target number `index`.
     pub fn listen_port(&self, index: usize) -> u16 {
-        match self.targets[index].listen_port {
+        match self.targets[index].listen_port() {
             Some(port) => port,
             None if self.port == 0 => 0,
             None => self.port.saturating_add(index as u16),

@@ -1,5 +1,5 @@
-//! Wires the parts together: one credential cache, and per target a TLS configuration, an
-//! endpoint, its pools, and listeners.
+//! Wires the parts together: resolved targets, and per target a TLS configuration, an
+//! endpoint, its pools, and listeners; then the background refreshers and maintenance.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,12 +11,12 @@ use tracing::info;
 
 use crate::cancel::CancelRegistry;
 use crate::client::{Listener, TargetContext};
-use crate::config::{Config, PasswordSource};
-use crate::credentials::{
-    CommandSource, CredentialCache, CredentialSource, FileSource, RefreshPolicy,
-};
+use crate::config::Config;
+use crate::credentials::CredentialCache;
 use crate::pool::{PoolKey, Pools, Upstream};
-use crate::tls::{self, TlsSetupError, TrustRoots};
+use crate::resolve::{ResolveTargetError, resolve_targets, roots};
+use crate::target::Target;
+use crate::tls::{self, TlsSetupError};
 use crate::upstream::{ConnectError, Endpoint};
 
 /// Why the proxy could not start.
@@ -28,6 +28,9 @@ pub enum StartError {
     /// A target cannot be used.
     #[error(transparent)]
     Target(#[from] ConnectError),
+    /// A target could not be resolved (workspace login, API, names).
+    #[error(transparent)]
+    Resolve(#[from] Box<ResolveTargetError>),
     /// A listening socket could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -53,10 +56,10 @@ struct RunningTarget {
 }
 
 impl RunningProxy {
-    /// Binds every listener, starts the background work, and begins accepting clients.
-    /// Nothing is started unless every target could be set up.
+    /// Resolves the targets, binds every listener, starts the background work, and begins
+    /// accepting clients. Nothing is started unless every target could be set up.
     pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
-        let credentials = credential_cache(&config);
+        let resolved = resolve_targets(&config).await.map_err(Box::new)?;
         let client_tls = match &config.client_tls {
             Some(files) => Some(tls::client_facing_config(&files.cert, &files.key)?),
             None => None,
@@ -64,28 +67,12 @@ impl RunningProxy {
         let cancels = Arc::new(CancelRegistry::default());
         let mut targets = Vec::new();
         let mut listeners = Vec::new();
-        for (index, target) in config.targets.iter().enumerate() {
-            let roots = match target.ca_file.as_ref().or(config.ca_file.as_ref()) {
-                Some(path) => TrustRoots::CaFile(path.clone()),
-                None => TrustRoots::System,
-            };
-            let endpoint = Endpoint::new(
-                target,
-                tls::upstream_config(&roots)?,
-                config.connect_timeout,
-            )?;
-            // Warm connections only make sense where the role and database are known up front.
-            let warm = target.user.as_ref().map(|user| PoolKey {
-                database: target.database.clone().unwrap_or_else(|| user.clone()),
-                user: user.clone(),
-                options: None,
-            });
-            let upstream = Upstream {
-                endpoint,
-                credentials: credentials.clone(),
-                settings: config.pool.clone(),
-            };
-            let pools = Pools::new(upstream, warm);
+        for (index, resolved_target) in resolved.targets.into_iter().enumerate() {
+            let target = resolved_target.target;
+            let pools = Pools::new(
+                upstream(&config, &target, resolved_target.credentials)?,
+                warm_pool_key(&target),
+            );
             let ctx = Arc::new(TargetContext {
                 target: target.clone(),
                 pools: pools.clone(),
@@ -116,7 +103,7 @@ impl RunningProxy {
                 listeners.push((unix, ctx.clone()));
             }
             listeners.push((tcp, ctx));
-            info!(%target, listen = %tcp_address, "target ready");
+            info!(target = %resolved_target.origin, upstream = %target, listen = %tcp_address, "target ready");
             targets.push(RunningTarget {
                 tcp_address,
                 unix_socket,
@@ -129,7 +116,7 @@ impl RunningProxy {
             .iter()
             .map(|t| t.pools.spawn_maintenance())
             .collect();
-        background_tasks.extend(credentials.map(|cache| cache.spawn_refresher()));
+        background_tasks.extend(resolved.caches.iter().map(|cache| cache.spawn_refresher()));
         let listener_tasks = listeners
             .into_iter()
             .map(|(listener, ctx)| tokio::spawn(listener.run(ctx, stopped.clone())))
@@ -170,15 +157,31 @@ impl RunningProxy {
     }
 }
 
-fn credential_cache(config: &Config) -> Option<Arc<CredentialCache>> {
-    let source: Box<dyn CredentialSource> = match &config.password {
-        PasswordSource::None => return None,
-        PasswordSource::File(path) => Box::new(FileSource::new(path.clone())),
-        PasswordSource::Command(command) => Box::new(CommandSource::new(command.clone())),
-    };
-    let policy = RefreshPolicy {
-        assumed_lifetime: config.password_ttl,
-        ..RefreshPolicy::default()
-    };
-    Some(CredentialCache::new(source, policy))
+/// How to reach `target`: its TLS trust (`sslrootcert=`, else `--ca-file`, else the system
+/// store), endpoint, password source and pool limits.
+fn upstream(
+    config: &Config,
+    target: &Target,
+    credentials: Option<Arc<CredentialCache>>,
+) -> Result<Upstream, StartError> {
+    let roots = roots(target.ca_file.as_ref().or(config.ca_file.as_ref()));
+    let endpoint = Endpoint::new(
+        target,
+        tls::upstream_config(&roots)?,
+        config.connect_timeout,
+    )?;
+    Ok(Upstream {
+        endpoint,
+        credentials,
+        settings: config.pool.clone(),
+    })
+}
+
+/// The pool kept warm: only where the role and database are known up front.
+fn warm_pool_key(target: &Target) -> Option<PoolKey> {
+    target.user.as_ref().map(|user| PoolKey {
+        database: target.database.clone().unwrap_or_else(|| user.clone()),
+        user: user.clone(),
+        options: None,
+    })
 }

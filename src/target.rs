@@ -1,4 +1,5 @@
-//! What a TARGET argument means: the upstream PostgreSQL to reach and per-target overrides.
+//! What a TARGET argument means: a PostgreSQL URL or a Lakebase resource name, with
+//! per-target overrides as query parameters.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -6,6 +7,136 @@ use std::str::FromStr;
 
 use percent_encoding::percent_decode_str;
 use url::Url;
+
+use crate::databricks::Resource;
+
+/// Database Lakebase clients land in unless they name another.
+pub const LAKEBASE_DEFAULT_DATABASE: &str = "databricks_postgres";
+
+/// A TARGET as written on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// `postgresql://...`: used as it is.
+    Postgres(Target),
+    /// A Lakebase name, resolved through the workspace API at start.
+    Lakebase(LakebaseTarget),
+}
+
+/// A Lakebase target: `projects/P[/branches/B[/endpoints/E]]` or `instances/NAME`, with
+/// `?port=&connect-to=&database=&user=&read-only`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LakebaseTarget {
+    /// The resource.
+    pub resource: Resource,
+    /// Local port to listen on.
+    pub listen_port: Option<u16>,
+    /// Dial this address instead of the resolved host (still verified against it).
+    pub connect_to: Option<(String, u16)>,
+    /// Default database instead of `databricks_postgres`.
+    pub database: Option<String>,
+    /// Postgres role instead of the logged-in identity's.
+    pub user: Option<String>,
+    /// Connect to the read-only host.
+    pub read_only: bool,
+}
+
+impl TargetSpec {
+    /// Local port asked for with `port=`.
+    pub fn listen_port(&self) -> Option<u16> {
+        match self {
+            TargetSpec::Postgres(target) => target.listen_port,
+            TargetSpec::Lakebase(target) => target.listen_port,
+        }
+    }
+}
+
+impl fmt::Display for TargetSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetSpec::Postgres(target) => target.fmt(f),
+            TargetSpec::Lakebase(target) => target.resource.fmt(f),
+        }
+    }
+}
+
+impl FromStr for TargetSpec {
+    type Err = TargetError;
+
+    fn from_str(spec: &str) -> Result<TargetSpec, TargetError> {
+        if spec.contains("://") {
+            return spec.parse().map(TargetSpec::Postgres);
+        }
+        let fail = |reason: String| TargetError {
+            target: spec.to_owned(),
+            reason,
+        };
+        let (name, query) = spec.split_once('?').unwrap_or((spec, ""));
+        let resource = Resource::parse(name)
+            .ok_or_else(|| fail("expected postgresql://... or a Lakebase name (projects/P/branches/B/endpoints/E, projects/P/branches/B, projects/P, instances/NAME)".into()))?
+            .map_err(fail)?;
+        let mut target = LakebaseTarget {
+            resource,
+            listen_port: None,
+            connect_to: None,
+            database: None,
+            user: None,
+            read_only: false,
+        };
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "port" | "connect-to" => common_parameter(
+                    &key,
+                    &value,
+                    &mut target.listen_port,
+                    &mut target.connect_to,
+                )
+                .map_err(fail)?,
+                "database" => target.database = Some(value.into_owned()),
+                "user" => target.user = Some(value.into_owned()),
+                "read-only" => {
+                    target.read_only = match &*value {
+                        "" | "true" | "1" | "yes" => true,
+                        "false" | "0" | "no" => false,
+                        other => {
+                            return Err(fail(format!("read-only={other} is not true or false")));
+                        }
+                    }
+                }
+                other => {
+                    return Err(fail(format!(
+                        "unknown parameter {other:?} (supported: port, connect-to, database, user, read-only)"
+                    )));
+                }
+            }
+        }
+        Ok(TargetSpec::Lakebase(target))
+    }
+}
+
+/// Parameters both kinds of target take.
+fn common_parameter(
+    key: &str,
+    value: &str,
+    listen_port: &mut Option<u16>,
+    connect_to: &mut Option<(String, u16)>,
+) -> Result<(), String> {
+    match key {
+        "port" => {
+            *listen_port = Some(
+                value
+                    .parse()
+                    .map_err(|_| format!("port={value} is not a port number"))?,
+            )
+        }
+        _ => {
+            *connect_to = Some(
+                parse_host_port(value)
+                    .ok_or_else(|| format!("connect-to={value} is not HOST:PORT"))?,
+            )
+        }
+    }
+    Ok(())
+}
 
 /// Default PostgreSQL port.
 pub const DEFAULT_PORT: u16 = 5432;
@@ -201,6 +332,50 @@ mod tests {
             .to_string();
         assert!(error.contains("--password-file"), "{error}");
         assert!(!error.contains("topsecret"), "{error}");
+    }
+
+    #[test]
+    fn lakebase_names_and_their_parameters() {
+        let spec: TargetSpec = "projects/app/branches/production/endpoints/primary?port=6000&database=sales&read-only&connect-to=127.0.0.1:7000"
+            .parse()
+            .unwrap();
+        let TargetSpec::Lakebase(target) = spec else {
+            panic!("not a Lakebase target")
+        };
+        assert_eq!(
+            target.resource,
+            Resource::Endpoint("projects/app/branches/production/endpoints/primary".into())
+        );
+        assert_eq!(
+            (
+                target.listen_port,
+                target.database.as_deref(),
+                target.read_only
+            ),
+            (Some(6000), Some("sales"), true)
+        );
+        assert_eq!(target.connect_to, Some(("127.0.0.1".into(), 7000)));
+        assert!(matches!(
+            "instances/legacy".parse::<TargetSpec>().unwrap(),
+            TargetSpec::Lakebase(_)
+        ));
+        assert!(matches!(
+            "postgresql://h/db".parse::<TargetSpec>().unwrap(),
+            TargetSpec::Postgres(_)
+        ));
+        assert!("projects/app?bogus=1".parse::<TargetSpec>().is_err());
+        assert!(
+            "projects/app?read-only=maybe"
+                .parse::<TargetSpec>()
+                .is_err()
+        );
+        assert!(
+            "db.example.com"
+                .parse::<TargetSpec>()
+                .unwrap_err()
+                .to_string()
+                .contains("Lakebase name")
+        );
     }
 
     #[test]

@@ -57,9 +57,21 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Client configuration for upstream connections.
 pub fn upstream_config(roots: &TrustRoots) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    let mut config = verifying_config(roots)?;
+    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Client configuration for the Databricks API: the same trust as upstream connections
+/// (corporate TLS interception on laptops makes a private CA common), no ALPN.
+pub fn api_config(roots: &TrustRoots) -> Result<ClientConfig, TlsSetupError> {
+    verifying_config(roots)
+}
+
+fn verifying_config(roots: &TrustRoots) -> Result<ClientConfig, TlsSetupError> {
     let builder =
         ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    let mut config = match roots {
+    Ok(match roots {
         TrustRoots::System => {
             let verifier = rustls_platform_verifier::Verifier::new(provider())?;
             builder
@@ -74,9 +86,7 @@ pub fn upstream_config(roots: &TrustRoots) -> Result<Arc<ClientConfig>, TlsSetup
             }
             builder.with_root_certificates(store).with_no_client_auth()
         }
-    };
-    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
-    Ok(Arc::new(config))
+    })
 }
 
 /// Server configuration for clients that send SSLRequest, from PEM certificate chain and key.
