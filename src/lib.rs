@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod cancel;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
+    let run_connection_test = cli.run_connection_test;
     let config = match cli.into_config() {
         Ok(config) => config,
         Err(error) => {
@@ -29,6 +30,18 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
+        if run_connection_test {
+            return match lakebase_proxy::check::connection_test(&config).await {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(report) => {
+                    print!("{report}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         let proxy = match RunningProxy::start(config).await {
             Ok(proxy) => proxy,
             Err(error) => {

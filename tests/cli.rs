@@ -311,3 +311,48 @@ fn bad_arguments_fail_with_a_readable_message() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_connection_test_reports_what_it_used() {
+    let pg = PgServer::shared();
+    let target = format!(
+        "postgresql://{SCRAM_USER}@localhost:{}/{APP_DB}?sslrootcert={}",
+        pg.port(),
+        pg.ca_path().display()
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_lakebase-proxy"))
+        .args([
+            target.as_str(),
+            "--password-file",
+            pg.password_file().to_str().unwrap(),
+            "--run-connection-test",
+        ])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{report} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        report.contains(&format!("role      {SCRAM_USER}")) && report.contains("result    OK"),
+        "{report}"
+    );
+    assert!(!report.contains(PASSWORD));
+    // A wrong password fails with the server's words and exit code 1.
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("pw");
+    std::fs::write(&wrong, "wrong\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_lakebase-proxy"))
+        .args([
+            target.as_str(),
+            "--password-file",
+            wrong.to_str().unwrap(),
+            "--run-connection-test",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("password authentication failed"));
+}

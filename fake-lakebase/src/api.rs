@@ -96,7 +96,10 @@ fn injected(status: u16, retry_after: Option<u32>) -> Resp {
             "RESOURCE_EXHAUSTED",
             "Too many requests. Please wait a moment and try again.",
         ),
-        500 => ("INTERNAL_ERROR", "Internal error (injected by fake-lakebase)"),
+        500 => (
+            "INTERNAL_ERROR",
+            "Internal error (injected by fake-lakebase)",
+        ),
         503 => (
             "TEMPORARILY_UNAVAILABLE",
             "The service is temporarily unavailable. Please try again later.",
@@ -151,7 +154,13 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
     };
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return error(400, "INVALID_PARAMETER_VALUE", "request body too large or unreadable"),
+        Err(_) => {
+            return error(
+                400,
+                "INVALID_PARAMETER_VALUE",
+                "request body too large or unreadable",
+            );
+        }
     };
     let is_oidc = path.starts_with("/oidc/");
     let is_api = path.starts_with("/api/");
@@ -217,7 +226,11 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
             None => not_found(&format!("projects/{p}")),
         },
         (&Method::GET, ["postgres", "projects", p, "branches", b]) => {
-            match st.projects.get(*p).and_then(|proj| Some((proj, proj.branches.get(*b)?))) {
+            match st
+                .projects
+                .get(*p)
+                .and_then(|proj| Some((proj, proj.branches.get(*b)?)))
+            {
                 Some((proj, br)) => json_resp(200, branch_json(p, b, br, proj)),
                 None => not_found(&format!("projects/{p}/branches/{b}")),
             }
@@ -229,7 +242,12 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
                     let items = br
                         .endpoints
                         .iter()
-                        .map(|(e, ep)| (e.clone(), endpoint_json(&state::endpoint_name(p, b, e), ep, suffix)))
+                        .map(|(e, ep)| {
+                            (
+                                e.clone(),
+                                endpoint_json(&state::endpoint_name(p, b, e), ep, suffix),
+                            )
+                        })
                         .collect();
                     page(&query, "endpoints", items)
                 }
@@ -243,7 +261,9 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
                 None => not_found(&name),
             }
         }
-        (&Method::POST, ["postgres", "credentials"]) => postgres_credential(&mut st, &who.role, &body),
+        (&Method::POST, ["postgres", "credentials"]) => {
+            postgres_credential(&mut st, &who.role, &body)
+        }
         (&Method::GET, ["database", "instances", name]) => match st.instances.get(*name) {
             Some(inst) => {
                 let s = &st.host_suffix;
@@ -258,20 +278,34 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
                     }),
                 )
             }
-            None => error(404, "NOT_FOUND", format!("Database instance '{name}' does not exist.")),
+            None => error(
+                404,
+                "NOT_FOUND",
+                format!("Database instance '{name}' does not exist."),
+            ),
         },
-        (&Method::POST, ["database", "credentials"]) => database_credential(&mut st, &who.role, &body),
+        (&Method::POST, ["database", "credentials"]) => {
+            database_credential(&mut st, &who.role, &body)
+        }
         _ => no_such_api(&method, &path),
     }
 }
 
 /// What Databricks answers for a path or method it has no API for.
 fn no_such_api(method: &Method, path: &str) -> Resp {
-    error(404, "ENDPOINT_NOT_FOUND", format!("No API found for '{method} {path}'"))
+    error(
+        404,
+        "ENDPOINT_NOT_FOUND",
+        format!("No API found for '{method} {path}'"),
+    )
 }
 
 fn not_found(name: &str) -> Resp {
-    error(404, "NOT_FOUND", format!("Resource '{name}' does not exist."))
+    error(
+        404,
+        "NOT_FOUND",
+        format!("Resource '{name}' does not exist."),
+    )
 }
 
 fn bad_param(message: impl Into<String>) -> Resp {
@@ -349,7 +383,8 @@ fn page(query: &str, field: &str, items: Vec<(String, Value)>) -> Resp {
     let mut out = json!({ field: this });
     if rest.len() > size {
         let last = &rest[size - 1].0;
-        out["next_page_token"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last));
+        out["next_page_token"] =
+            json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last));
     }
     json_resp(200, out)
 }
@@ -357,7 +392,11 @@ fn page(query: &str, field: &str, items: Vec<(String, Value)>) -> Resp {
 fn parse_json_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, Resp> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
-        _ => Err(error(400, "MALFORMED_REQUEST", "Request body must be a JSON object")),
+        _ => Err(error(
+            400,
+            "MALFORMED_REQUEST",
+            "Request body must be a JSON object",
+        )),
     }
 }
 
@@ -392,13 +431,21 @@ fn postgres_credential(st: &mut State, role: &str, body: &[u8]) -> Resp {
             Some(d) if (300.0..=3600.0).contains(&d.as_secs_f64()) => d,
             _ => return bad_param(format!("ttl must be between 300s and 3600s, got '{s}'")),
         },
-        Some(other) => return bad_param(format!("ttl must be a duration string like \"3600s\", got {other}")),
+        Some(other) => {
+            return bad_param(format!(
+                "ttl must be a duration string like \"3600s\", got {other}"
+            ));
+        }
     };
     if st.endpoint(endpoint).is_none() {
         return not_found(endpoint);
     }
-    let (token, expires) = st.mint_db_token(role, vec![Target::Endpoint(endpoint.to_string())], ttl);
-    json_resp(200, json!({"token": token, "expire_time": rfc3339(expires)}))
+    let (token, expires) =
+        st.mint_db_token(role, vec![Target::Endpoint(endpoint.to_string())], ttl);
+    json_resp(
+        200,
+        json!({"token": token, "expire_time": rfc3339(expires)}),
+    )
 }
 
 fn looks_like_uuid(s: &str) -> bool {
@@ -427,16 +474,29 @@ fn database_credential(st: &mut State, role: &str, body: &[u8]) -> Resp {
         None => return bad_param("Missing required field: request_id"),
     }
     if let Some(missing) = names.iter().find(|n| !st.instances.contains_key(**n)) {
-        return error(404, "NOT_FOUND", format!("Database instance '{missing}' does not exist."));
+        return error(
+            404,
+            "NOT_FOUND",
+            format!("Database instance '{missing}' does not exist."),
+        );
     }
-    let targets = names.iter().map(|n| Target::Instance(n.to_string())).collect();
+    let targets = names
+        .iter()
+        .map(|n| Target::Instance(n.to_string()))
+        .collect();
     let (token, expires) = st.mint_db_token(role, targets, DEFAULT_DB_TOKEN_TTL);
-    json_resp(200, json!({"token": token, "expiration_time": rfc3339(expires)}))
+    json_resp(
+        200,
+        json!({"token": token, "expiration_time": rfc3339(expires)}),
+    )
 }
 
 /// OAuth error shape (RFC 6749), used by the token endpoint instead of Databricks'.
 fn oauth_error(status: u16, error: &str, description: &str) -> Resp {
-    json_resp(status, json!({"error": error, "error_description": description}))
+    json_resp(
+        status,
+        json!({"error": error, "error_description": description}),
+    )
 }
 
 fn oidc(api: &Api, method: &Method, path: &str, auth: Option<&str>, body: &[u8]) -> Resp {
@@ -469,12 +529,19 @@ fn oidc(api: &Api, method: &Method, path: &str, auth: Option<&str>, body: &[u8])
                 if !scheme.eq_ignore_ascii_case("basic") {
                     return None;
                 }
-                let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .ok()?;
                 let raw = String::from_utf8(raw).ok()?;
                 let (id, secret) = raw.split_once(':')?;
                 Some((id.to_string(), secret.to_string()))
             });
-            let creds = basic.or_else(|| Some((get("client_id")?.to_string(), get("client_secret")?.to_string())));
+            let creds = basic.or_else(|| {
+                Some((
+                    get("client_id")?.to_string(),
+                    get("client_secret")?.to_string(),
+                ))
+            });
             let client_id = match creds {
                 Some((id, secret)) if st.sp_secrets.get(&id) == Some(&secret) => id,
                 _ => return oauth_error(401, "invalid_client", "Client authentication failed"),
@@ -483,15 +550,25 @@ fn oidc(api: &Api, method: &Method, path: &str, auth: Option<&str>, body: &[u8])
                 return injected(status, retry_after);
             }
             if get("grant_type") != Some("client_credentials") {
-                return oauth_error(400, "unsupported_grant_type", "Only client_credentials is supported here");
+                return oauth_error(
+                    400,
+                    "unsupported_grant_type",
+                    "Only client_credentials is supported here",
+                );
             }
             let scope = get("scope").unwrap_or("");
             if !scope.split(' ').any(|s| s == "all-apis") {
-                return oauth_error(400, "invalid_scope", "The requested scope is invalid, unknown, or malformed.");
+                return oauth_error(
+                    400,
+                    "invalid_scope",
+                    "The requested scope is invalid, unknown, or malformed.",
+                );
             }
             let token = state::random_token(48);
-            st.oauth_tokens
-                .insert(token.clone(), (client_id, SystemTime::now() + OAUTH_TOKEN_TTL));
+            st.oauth_tokens.insert(
+                token.clone(),
+                (client_id, SystemTime::now() + OAUTH_TOKEN_TTL),
+            );
             st.counters.oidc_tokens_issued += 1;
             json_resp(
                 200,

@@ -47,12 +47,17 @@ impl Pki {
 
         let leaf = |names: Vec<String>, alpn: bool| -> io::Result<Arc<ServerConfig>> {
             let mut params = CertificateParams::new(names.clone()).map_err(err)?;
-            params.distinguished_name.push(DnType::CommonName, &names[0]);
+            params
+                .distinguished_name
+                .push(DnType::CommonName, &names[0]);
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             let key = KeyPair::generate().map_err(err)?;
             let cert = params.signed_by(&key, &issuer).map_err(err)?;
-            let chain = vec![cert.der().clone(), CertificateDer::from(ca_cert.der().to_vec())];
+            let chain = vec![
+                cert.der().clone(),
+                CertificateDer::from(ca_cert.der().to_vec()),
+            ];
             let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
             // Explicit provider: the process default is ambiguous if some other
             // crate in the build enables a second one.
@@ -71,7 +76,10 @@ impl Pki {
             Ok(Arc::new(cfg))
         };
         let api = leaf(vec!["localhost".into(), "127.0.0.1".into()], false)?;
-        let gateway = leaf(vec![format!("*.{host_suffix}"), host_suffix.to_string()], true)?;
+        let gateway = leaf(
+            vec![format!("*.{host_suffix}"), host_suffix.to_string()],
+            true,
+        )?;
         Ok(Pki {
             ca_pem: ca_cert.pem(),
             api,

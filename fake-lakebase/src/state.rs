@@ -127,7 +127,9 @@ impl State {
         self.identities
             .entry(role.to_string())
             .or_insert_with(|| Identity {
-                id: rand::rng().random_range(1_000_000_000_000_000u64..9_999_999_999_999_999).to_string(),
+                id: rand::rng()
+                    .random_range(1_000_000_000_000_000u64..9_999_999_999_999_999)
+                    .to_string(),
                 role: role.to_string(),
                 display_name: if service_principal {
                     format!("Service principal {role}")
@@ -168,14 +170,21 @@ impl State {
     fn unique_label(&self, make: impl Fn() -> String) -> String {
         loop {
             let label = make();
-            if !self.hosts.contains_key(&label) && !self.hosts.contains_key(&format!("{label}-ro")) {
+            if !self.hosts.contains_key(&label) && !self.hosts.contains_key(&format!("{label}-ro"))
+            {
                 return label;
             }
         }
     }
 
     /// Adds an endpoint (creating nothing else) and routes its hosts.
-    pub fn add_endpoint(&mut self, project: &str, branch: &str, endpoint: &str, read_only: bool) -> String {
+    pub fn add_endpoint(
+        &mut self,
+        project: &str,
+        branch: &str,
+        endpoint: &str,
+        read_only: bool,
+    ) -> String {
         let uid = self.unique_label(|| neon_style_id("ep"));
         let full = endpoint_name(project, branch, endpoint);
         let br = self
@@ -197,10 +206,12 @@ impl State {
                 state: "ACTIVE".to_string(),
             },
         );
-        self.hosts.insert(uid.clone(), Target::Endpoint(full.clone()));
+        self.hosts
+            .insert(uid.clone(), Target::Endpoint(full.clone()));
         // The read-only host of a read-write endpoint reaches the same database
         // here: there are no replicas behind the fake.
-        self.hosts.insert(format!("{uid}-ro"), Target::Endpoint(full));
+        self.hosts
+            .insert(format!("{uid}-ro"), Target::Endpoint(full));
         format!("{uid}.{}", self.host_suffix)
     }
 
@@ -219,7 +230,8 @@ impl State {
     pub fn add_instance(&mut self, name: &str) -> String {
         let uid = self.unique_label(|| format!("instance-{}", uuid4()));
         let uid = uid.trim_start_matches("instance-").to_string();
-        self.instances.insert(name.to_string(), Instance { uid: uid.clone() });
+        self.instances
+            .insert(name.to_string(), Instance { uid: uid.clone() });
         let target = Target::Instance(name.to_string());
         self.hosts.insert(format!("instance-{uid}"), target.clone());
         self.hosts.insert(format!("instance-ro-{uid}"), target);
@@ -234,11 +246,21 @@ impl State {
 
     pub fn endpoint_mut(&mut self, full_name: &str) -> Option<&mut Endpoint> {
         let (p, b, e) = split_endpoint_name(full_name)?;
-        self.projects.get_mut(p)?.branches.get_mut(b)?.endpoints.get_mut(e)
+        self.projects
+            .get_mut(p)?
+            .branches
+            .get_mut(b)?
+            .endpoints
+            .get_mut(e)
     }
 
     /// Mints a DB token for `role` valid on `targets` for `ttl`, capped.
-    pub fn mint_db_token(&mut self, role: &str, targets: Vec<Target>, ttl: Duration) -> (String, SystemTime) {
+    pub fn mint_db_token(
+        &mut self,
+        role: &str,
+        targets: Vec<Target>,
+        ttl: Duration,
+    ) -> (String, SystemTime) {
         let ttl = self.ttl_cap.map_or(ttl, |cap| ttl.min(cap));
         let expires = SystemTime::now() + ttl;
         let token = random_token(66);
@@ -271,7 +293,9 @@ pub(crate) fn endpoint_name(project: &str, branch: &str, endpoint: &str) -> Stri
 /// `projects/p/branches/b/endpoints/e` → `(p, b, e)`.
 pub(crate) fn split_endpoint_name(name: &str) -> Option<(&str, &str, &str)> {
     match name.split('/').collect::<Vec<_>>().as_slice() {
-        ["projects", p, "branches", b, "endpoints", e] if [p, b, e].iter().all(|s| is_resource_id(s)) => {
+        ["projects", p, "branches", b, "endpoints", e]
+            if [p, b, e].iter().all(|s| is_resource_id(s)) =>
+        {
             Some((p, b, e))
         }
         _ => None,
@@ -299,7 +323,14 @@ pub(crate) fn uuid4() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Neon-style ids (`ep-cool-darkness-a1b2c3d4`), which Lakebase endpoint uids follow.
