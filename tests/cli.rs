@@ -3,95 +3,24 @@
 
 mod support;
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
+use support::binary::ProxyProcess;
 use support::{APP_DB, PASSWORD, PgServer, SCRAM_USER, TestPki};
 
-/// A running `lakebase-proxy` process, killed (by PID) when dropped.
-struct ProxyProcess {
-    child: Option<Child>,
-    port: u16,
-    log: tempfile::NamedTempFile,
-}
-
 impl ProxyProcess {
+    /// The proxy for the shared server's scram_user with `extra` arguments.
     fn start(extra: &[&str]) -> ProxyProcess {
         let pg = PgServer::shared();
-        let port = free_port();
-        let log = tempfile::NamedTempFile::new().unwrap();
         let target = format!(
             "postgresql://{SCRAM_USER}@localhost:{}/{APP_DB}?sslrootcert={}",
             pg.port(),
             pg.ca_path().display()
         );
-        let child = Command::new(env!("CARGO_BIN_EXE_lakebase-proxy"))
-            .arg(target)
-            .arg(format!("--port={port}"))
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .expect("start lakebase-proxy");
-        let mut proxy = ProxyProcess {
-            child: Some(child),
-            port,
-            log,
-        };
-        proxy.wait_until_listening();
-        proxy
+        let mut args = vec![target];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        ProxyProcess::spawn(&args, &[])
     }
-
-    fn wait_until_listening(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("lakebase-proxy exited with {status}: {}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "lakebase-proxy did not listen: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-
-    /// Sends SIGTERM and returns the exit status and the log.
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
-        let status = child.wait().unwrap();
-        (status, self.log_text())
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Runs psql with `connection` (a conninfo string) and `args`; returns the output.

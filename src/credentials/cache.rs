@@ -287,6 +287,32 @@ mod tests {
         assert_eq!(cache.status().last_error.as_deref(), Some("down"));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn background_retries_back_off_exponentially() {
+        let (cache, calls) = cache(true, None);
+        let refresher = cache.spawn_refresher();
+        // Attempts at about 0, 1, 3, 7 and 15 s (each wait doubling, jittered by 20%).
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            seen.push(calls.load(Ordering::SeqCst));
+        }
+        refresher.abort();
+        let first_second_with = |n: u32| {
+            seen.iter()
+                .position(|&c| c >= n)
+                .map(|i| (i + 1) as f64 / 10.0)
+        };
+        assert_eq!(first_second_with(1), Some(0.1));
+        let second = first_second_with(2).unwrap();
+        let third = first_second_with(3).unwrap();
+        let fourth = first_second_with(4).unwrap();
+        assert!((0.8..=1.3).contains(&second), "{second}");
+        assert!((2.4..=3.8).contains(&third), "{third}");
+        assert!((5.6..=8.8).contains(&fourth), "{fourth}");
+        assert!(calls.load(Ordering::SeqCst) <= 6, "no retry storm");
+    }
+
     #[test]
     fn refresh_is_scheduled_ahead_of_staleness() {
         let (cache, _) = cache(false, None);
