@@ -1,0 +1,420 @@
+//! Lakebase end to end: the real binary logs into a fake Databricks workspace (each auth
+//! method), resolves Lakebase names, mints credentials, and serves psql and tokio-postgres
+//! through the fake Lakebase gateway to a real PostgreSQL.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use fake_lakebase::{FakeLakebase, FakeLakebaseConfig};
+use support::PgServer;
+use support::binary::ProxyProcess;
+
+const USER: &str = "alice@example.com";
+const PAT: &str = "dapi-test-pat-0123456789";
+const SP_ID: &str = "7c1f2a9e-5b4d-4c3e-9f1a-2b3c4d5e6f70";
+const SP_SECRET: &str = "dose-sp-secret-value";
+const ENDPOINT: &str = "projects/app/branches/production/endpoints/primary";
+
+/// A fake workspace in front of the shared PostgreSQL, with its own runtime (the tests
+/// themselves are synchronous: they drive processes).
+struct World {
+    runtime: tokio::runtime::Runtime,
+    fake: FakeLakebase,
+    home: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> World {
+        let pg = PgServer::shared();
+        prepare_database(pg);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let fake = runtime
+            .block_on(FakeLakebase::start(FakeLakebaseConfig::new(
+                pg.socket_dir().to_owned(),
+                pg.port(),
+            )))
+            .unwrap();
+        fake.add_user(USER, PAT);
+        fake.add_service_principal(SP_ID, SP_SECRET);
+        fake.add_project("app");
+        World {
+            runtime,
+            fake,
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// `connect-to` for the gateway, since `*.lakebase.test` does not resolve.
+    fn via_gateway(&self, name: &str) -> String {
+        format!("{name}?connect-to={}", self.fake.gateway_addr())
+    }
+
+    /// Environment for a process: a clean HOME (no ~/.databrickscfg) and `vars`.
+    fn env<'a>(&'a self, vars: &[(&'a str, &'a str)]) -> Vec<(&'a str, String)> {
+        let mut env = vec![("HOME", self.home.path().display().to_string())];
+        env.extend(vars.iter().map(|(k, v)| (*k, v.to_string())));
+        env
+    }
+
+    fn pat_env(&self) -> Vec<(&str, String)> {
+        let mut env = self.env(&[("DATABRICKS_TOKEN", PAT)]);
+        env.push(("DATABRICKS_HOST", self.fake.api_url()));
+        env
+    }
+
+    fn proxy(&self, target: &str, extra: &[&str], env: &[(&str, String)]) -> ProxyProcess {
+        let mut args = vec![
+            target.to_owned(),
+            format!("--ca-file={}", self.fake.ca_pem_path().display()),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        ProxyProcess::spawn(&args, &env)
+    }
+
+    /// `lakebase-proxy --run-connection-test` with `target` and `env`.
+    fn connection_test(&self, target: &str, extra: &[&str], env: &[(&str, String)]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_lakebase-proxy"))
+            .arg(target)
+            .arg(format!("--ca-file={}", self.fake.ca_pem_path().display()))
+            .args(extra)
+            .arg("--run-connection-test")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap()
+    }
+}
+
+/// Roles for the fake identities and Lakebase's default database, once per process.
+fn prepare_database(pg: &PgServer) {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        pg.superuser_sql(&format!(
+            "CREATE ROLE \"{USER}\" LOGIN; CREATE ROLE \"{SP_ID}\" LOGIN; CREATE DATABASE databricks_postgres; \
+             GRANT ALL ON DATABASE databricks_postgres TO \"{USER}\", \"{SP_ID}\";"
+        ));
+    });
+}
+
+fn psql(port: u16, sql: &str) -> String {
+    let output = Command::new("psql")
+        .args([
+            "-X",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-c",
+            sql,
+        ])
+        .env_remove("PGPASSWORD")
+        .env_remove("PGDATABASE")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn a_pat_login_serves_psql_in_databricks_postgres() {
+    let world = World::new();
+    let proxy = world.proxy(&world.via_gateway(ENDPOINT), &[], &world.pat_env());
+    // No user, no database, no password: the identity's role in databricks_postgres.
+    assert_eq!(
+        psql(
+            proxy.port,
+            "SELECT current_user || ' ' || current_database()"
+        ),
+        format!("{USER} databricks_postgres")
+    );
+    assert!(
+        world
+            .fake
+            .last_user_agent()
+            .unwrap()
+            .starts_with("lakebase-proxy/")
+    );
+    assert_eq!(world.fake.counters().credential_mints, 1);
+    let (_, log) = proxy.terminate();
+    assert!(
+        !log.contains(PAT),
+        "the workspace token leaked into the log"
+    );
+}
+
+#[test]
+fn a_service_principal_logs_in_as_its_client_id_via_the_default_branch() {
+    let world = World::new();
+    let mut env = world.env(&[
+        ("DATABRICKS_CLIENT_ID", SP_ID),
+        ("DATABRICKS_CLIENT_SECRET", SP_SECRET),
+    ]);
+    env.push(("DATABRICKS_HOST", world.fake.api_url()));
+    let proxy = world.proxy(
+        &world.via_gateway("projects/app"),
+        &["--log-level=trace"],
+        &env,
+    );
+    assert_eq!(psql(proxy.port, "SELECT current_user"), SP_ID);
+    let counters = world.fake.counters();
+    assert!(counters.oidc_tokens_issued >= 1);
+    assert!(
+        counters
+            .calls_by_path
+            .keys()
+            .any(|k| k.contains("oauth-authorization-server")),
+        "discovery was used: {counters:?}"
+    );
+    let (_, log) = proxy.terminate();
+    assert!(
+        !log.contains(SP_SECRET),
+        "the client secret leaked into the log"
+    );
+}
+
+#[test]
+fn the_databricks_cli_login_is_used_when_nothing_else_is_configured() {
+    let world = World::new();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, PAT).unwrap();
+    let call_log = dir.path().join("calls");
+    let cli = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fake-lakebase/scripts/databricks");
+    let mut env = world.env(&[]);
+    env.extend([
+        ("DATABRICKS_HOST", world.fake.api_url()),
+        ("DATABRICKS_CLI_PATH", cli.display().to_string()),
+        (
+            "FAKE_DATABRICKS_TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+        ("FAKE_DATABRICKS_CALL_LOG", call_log.display().to_string()),
+    ]);
+    let output = world.connection_test(
+        &world.via_gateway("projects/app/branches/production"),
+        &[],
+        &env,
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains(&format!("role      {USER}")),
+        "{}",
+        text(&output)
+    );
+    let calls = std::fs::read_to_string(&call_log).unwrap();
+    assert!(
+        calls.contains("auth token") && calls.contains("--host"),
+        "{calls}"
+    );
+
+    // Without a login the message says what to do.
+    std::fs::remove_file(&token_file).unwrap();
+    let output = world.connection_test(&world.via_gateway(ENDPOINT), &[], &env);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output).contains("databricks auth login"),
+        "{}",
+        text(&output)
+    );
+}
+
+#[test]
+fn a_config_file_profile_reaches_a_provisioned_instance() {
+    let world = World::new();
+    world.fake.add_instance("legacy");
+    let config = world.home.path().join("custom.cfg");
+    std::fs::write(&config, format!("[DEFAULT]\nhost = https://wrong.invalid\ntoken = nope\n\n[dev]\nhost = {}\ntoken = {PAT}\n", world.fake.api_url())).unwrap();
+    let env = world.env(&[("DATABRICKS_CONFIG_FILE", config.to_str().unwrap())]);
+    let output = world.connection_test(
+        &world.via_gateway("instances/legacy"),
+        &["--profile=dev"],
+        &env,
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let report = text(&output);
+    assert!(
+        report.contains("Lakebase credentials for instance legacy")
+            && report.contains("result    OK"),
+        "{report}"
+    );
+    assert!(
+        world
+            .fake
+            .counters()
+            .calls_by_path
+            .keys()
+            .any(|k| k.contains("/api/2.0/database/credentials"))
+    );
+}
+
+#[test]
+fn unusable_names_and_logins_fail_at_start_with_one_readable_message() {
+    let world = World::new();
+    world.fake.add_branch("app", "multi");
+    world.fake.add_endpoint("app", "multi", "one", false);
+    world.fake.add_endpoint("app", "multi", "two", false);
+    let output = world.connection_test(
+        &world.via_gateway("projects/app/branches/multi"),
+        &[],
+        &world.pat_env(),
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let message = text(&output);
+    assert!(
+        message.contains("projects/app/branches/multi/endpoints/one")
+            && message.contains("projects/app/branches/multi/endpoints/two"),
+        "{message}"
+    );
+
+    let output = world.connection_test(
+        &world.via_gateway("projects/app/branches/production/endpoints/nope"),
+        &[],
+        &world.pat_env(),
+    );
+    assert!(text(&output).contains("NOT_FOUND"), "{}", text(&output));
+
+    let mut wrong = world.env(&[("DATABRICKS_TOKEN", "dapi-wrong")]);
+    wrong.push(("DATABRICKS_HOST", world.fake.api_url()));
+    let output = world.connection_test(&world.via_gateway(ENDPOINT), &[], &wrong);
+    assert!(
+        text(&output).contains("401") && text(&output).contains("databricks auth login"),
+        "{}",
+        text(&output)
+    );
+
+    let output = world.connection_test(&world.via_gateway(ENDPOINT), &[], &world.env(&[]));
+    assert!(
+        text(&output).contains("no Databricks workspace host"),
+        "{}",
+        text(&output)
+    );
+
+    let mut both = world.pat_env();
+    both.extend([
+        ("DATABRICKS_CLIENT_ID", SP_ID.to_owned()),
+        ("DATABRICKS_CLIENT_SECRET", SP_SECRET.to_owned()),
+    ]);
+    let output = world.connection_test(&world.via_gateway(ENDPOINT), &[], &both);
+    assert!(
+        text(&output).contains("several Databricks auth methods"),
+        "{}",
+        text(&output)
+    );
+    for output in [&output] {
+        assert!(!text(output).contains(PAT) && !text(output).contains(SP_SECRET));
+    }
+}
+
+#[test]
+fn five_hundred_concurrent_clients_cause_one_mint() {
+    let world = World::new();
+    let proxy = world.proxy(
+        &world.via_gateway(ENDPOINT),
+        &["--max-pool-size=40", "--checkout-timeout=60s"],
+        &world.pat_env(),
+    );
+    let port = proxy.port;
+    let failures = world.runtime.block_on(async move {
+        let tasks: Vec<_> = (0..500)
+            .map(|i| {
+                tokio::spawn(async move {
+                    let mut config = tokio_postgres::Config::new();
+                    config.host("127.0.0.1").port(port).user("anyone");
+                    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+                    tokio::spawn(connection);
+                    let row = client.query_one("SELECT $1::int4", &[&i]).await?;
+                    assert_eq!(row.get::<_, i32>(0), i);
+                    Ok::<_, tokio_postgres::Error>(())
+                })
+            })
+            .collect();
+        let mut failures = Vec::new();
+        for task in tasks {
+            if let Err(error) = task.await.unwrap() {
+                failures.push(error.to_string());
+            }
+        }
+        failures
+    });
+    assert!(
+        failures.is_empty(),
+        "{} failed, e.g. {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert_eq!(
+        world.fake.counters().credential_mints,
+        1,
+        "one mint for everyone"
+    );
+}
+
+#[test]
+fn transient_api_failures_at_start_are_retried() {
+    let world = World::new();
+    world.fake.fail_next_api_calls(2, 503, None);
+    let output = world.connection_test(&world.via_gateway(ENDPOINT), &[], &world.pat_env());
+    assert!(output.status.success(), "{}", text(&output));
+    world.fake.fail_next_api_calls(1, 429, Some(1));
+    let started = Instant::now();
+    let output = world.connection_test(&world.via_gateway(ENDPOINT), &[], &world.pat_env());
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was honoured"
+    );
+}
+
+#[test]
+fn credentials_are_refreshed_ahead_of_expiry_without_disturbing_sessions() {
+    let world = World::new();
+    // 40 s tokens: unusable 30 s before expiry, so refreshed after roughly 8 s.
+    world.fake.set_credential_ttl_cap(Duration::from_secs(40));
+    let proxy = world.proxy(&world.via_gateway(ENDPOINT), &[], &world.pat_env());
+    let port = proxy.port;
+    world.runtime.block_on(async move {
+        let mut config = tokio_postgres::Config::new();
+        config.host("127.0.0.1").port(port).user("anyone");
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let deadline = Instant::now() + Duration::from_secs(25);
+        while world.fake.counters().credential_mints < 2 {
+            assert!(Instant::now() < deadline, "no refresh ahead of expiry");
+            client
+                .query_one("SELECT 1", &[])
+                .await
+                .expect("the session is undisturbed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // A new login uses the new credential.
+        let (fresh, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        fresh.query_one("SELECT 1", &[]).await.unwrap();
+        client.query_one("SELECT 1", &[]).await.unwrap();
+    });
+}
