@@ -31,10 +31,7 @@ impl CancelRegistry {
     /// Routes `client_key` to `route` until the returned guard is dropped.
     pub fn register(self: &Arc<Self>, client_key: CancelKey, route: CancelRoute) -> CancelGuard {
         self.routes.lock().unwrap().insert(client_key, route);
-        CancelGuard {
-            registry: self.clone(),
-            key: client_key,
-        }
+        CancelGuard { registry: self.clone(), key: client_key }
     }
 
     /// Forwards a cancel for `client_key` if it belongs to an attached session. Unknown keys
@@ -42,10 +39,7 @@ impl CancelRegistry {
     pub async fn cancel(&self, client_key: CancelKey) {
         let route = self.routes.lock().unwrap().get(&client_key).cloned();
         let Some(route) = route else {
-            debug!(
-                pid = client_key.pid,
-                "cancel request for an unknown key ignored"
-            );
+            debug!(pid = client_key.pid, "cancel request for an unknown key ignored");
             return;
         };
         match route.upstream.endpoint.cancel(route.key).await {

@@ -12,9 +12,7 @@ use crate::upstream::Endpoint;
 
 /// Runs the test; the report is returned either way, and `Err` when any target failed.
 pub async fn connection_test(config: &Config) -> Result<String, String> {
-    let resolved = resolve_targets(config)
-        .await
-        .map_err(|error| format!("cannot resolve the targets: {error}"))?;
+    let resolved = resolve_targets(config).await.map_err(|error| format!("cannot resolve the targets: {error}"))?;
     let mut report = String::new();
     let mut failed = false;
     for resolved_target in resolved.targets {
@@ -37,10 +35,7 @@ pub async fn connection_test(config: &Config) -> Result<String, String> {
                 Some(cache) => {
                     let secret = cache.get().await.map_err(|e| e.to_string())?;
                     let status = cache.status();
-                    let expiry = status
-                        .expires_at
-                        .map(describe_expiry)
-                        .unwrap_or_else(|| "no expiry known".to_owned());
+                    let expiry = status.expires_at.map(describe_expiry).unwrap_or_else(|| "no expiry known".to_owned());
                     let _ = writeln!(report, "  password  from {}, {expiry}", cache.describe());
                     Some(secret)
                 }
@@ -48,22 +43,12 @@ pub async fn connection_test(config: &Config) -> Result<String, String> {
             };
             let trust = roots(target.ca_file.as_ref().or(config.ca_file.as_ref()));
             let tls = tls::upstream_config(&trust).map_err(|e| e.to_string())?;
-            let endpoint =
-                Endpoint::new(target, tls, config.connect_timeout).map_err(|e| e.to_string())?;
+            let endpoint = Endpoint::new(target, tls, config.connect_timeout).map_err(|e| e.to_string())?;
             let mut connection = endpoint
-                .login(
-                    &user,
-                    &database,
-                    &StartupParams::default(),
-                    password.as_ref(),
-                )
+                .login(&user, &database, &StartupParams::default(), password.as_ref())
                 .await
                 .map_err(|e| e.to_string())?;
-            connection
-                .simple_query("SELECT 1")
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            connection.simple_query("SELECT 1").await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
             let version = connection
                 .server_params()
                 .iter()
@@ -75,10 +60,7 @@ pub async fn connection_test(config: &Config) -> Result<String, String> {
         .await;
         match outcome {
             Ok(version) => {
-                let _ = writeln!(
-                    report,
-                    "  result    OK: logged in over TLS, SELECT 1 answered (server {version})"
-                );
+                let _ = writeln!(report, "  result    OK: logged in over TLS, SELECT 1 answered (server {version})");
             }
             Err(error) => {
                 failed = true;
@@ -90,9 +72,8 @@ pub async fn connection_test(config: &Config) -> Result<String, String> {
 }
 
 fn describe_expiry(expiry: SystemTime) -> String {
-    let at = time::OffsetDateTime::from(expiry)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+    let at =
+        time::OffsetDateTime::from(expiry).format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
     match expiry.duration_since(SystemTime::now()) {
         Ok(left) => format!("expires {at} (in {}s)", left.as_secs()),
         Err(_) => format!("expired at {at}"),

@@ -57,12 +57,7 @@ pub struct Cli {
     pub unix_socket: Option<PathBuf>,
 
     /// Upstream password: the first line of this file, re-read every --password-ttl.
-    #[arg(
-        long,
-        env = "LAKEBASE_PROXY_PASSWORD_FILE",
-        value_name = "PATH",
-        conflicts_with = "password_command"
-    )]
+    #[arg(long, env = "LAKEBASE_PROXY_PASSWORD_FILE", value_name = "PATH", conflicts_with = "password_command")]
     pub password_file: Option<PathBuf>,
 
     /// Upstream password: the first line this shell command prints, re-run every --password-ttl.
@@ -78,21 +73,11 @@ pub struct Cli {
     pub ca_file: Option<PathBuf>,
 
     /// Certificate chain (PEM) to offer clients that ask for TLS.
-    #[arg(
-        long,
-        env = "LAKEBASE_PROXY_CLIENT_CERT",
-        value_name = "PATH",
-        requires = "client_key"
-    )]
+    #[arg(long, env = "LAKEBASE_PROXY_CLIENT_CERT", value_name = "PATH", requires = "client_key")]
     pub client_cert: Option<PathBuf>,
 
     /// Private key (PEM) for --client-cert.
-    #[arg(
-        long,
-        env = "LAKEBASE_PROXY_CLIENT_KEY",
-        value_name = "PATH",
-        requires = "client_cert"
-    )]
+    #[arg(long, env = "LAKEBASE_PROXY_CLIENT_KEY", value_name = "PATH", requires = "client_cert")]
     pub client_key: Option<PathBuf>,
 
     /// Greet clients at once and attach an upstream connection only at their first message
@@ -151,18 +136,13 @@ fn parse_address(text: &str) -> Result<IpAddr, String> {
     if text.eq_ignore_ascii_case("localhost") {
         return Ok(IpAddr::from([127, 0, 0, 1]));
     }
-    text.parse()
-        .map_err(|_| format!("{text:?} is not an IP address"))
+    text.parse().map_err(|_| format!("{text:?} is not an IP address"))
 }
 
 impl Cli {
     /// The settings these flags describe, or why a target is unusable.
     pub fn into_config(self) -> Result<Config, TargetError> {
-        let targets = self
-            .targets
-            .iter()
-            .map(|spec| spec.parse())
-            .collect::<Result<Vec<TargetSpec>, _>>()?;
+        let targets = self.targets.iter().map(|spec| spec.parse()).collect::<Result<Vec<TargetSpec>, _>>()?;
         let password = match (self.password_file, self.password_command) {
             (Some(path), _) => PasswordSource::File(path),
             (None, Some(command)) => PasswordSource::Command(command),
@@ -174,11 +154,7 @@ impl Cli {
         };
         Ok(Config {
             targets,
-            databricks: WorkspaceFlags {
-                host: self.host,
-                profile: self.profile,
-                auth_type: self.auth_type,
-            },
+            databricks: WorkspaceFlags { host: self.host, profile: self.profile, auth_type: self.auth_type },
             token_ttl: self.token_ttl,
             address: self.address,
             port: self.port,
@@ -233,13 +209,8 @@ mod tests {
     #[test]
     fn password_sources_are_exclusive() {
         assert!(
-            Cli::try_parse_from([
-                "lakebase-proxy",
-                "postgresql://h",
-                "--password-file=a",
-                "--password-command=b"
-            ])
-            .is_err()
+            Cli::try_parse_from(["lakebase-proxy", "postgresql://h", "--password-file=a", "--password-command=b"])
+                .is_err()
         );
     }
 }

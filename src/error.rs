@@ -10,11 +10,7 @@ pub trait UserFacing: std::fmt::Display {
     /// The ErrorResponse fields to send. The default is a FATAL `08006` with this error's
     /// text; connection errors override it with something more precise.
     fn to_client(&self) -> ErrorFields {
-        ErrorFields::new(
-            Severity::Fatal,
-            sqlstate::CONNECTION_FAILURE,
-            format!("lakebase-proxy: {self}"),
-        )
+        ErrorFields::new(Severity::Fatal, sqlstate::CONNECTION_FAILURE, format!("lakebase-proxy: {self}"))
     }
 }
 

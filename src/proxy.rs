@@ -13,7 +13,7 @@ use crate::cancel::CancelRegistry;
 use crate::client::{Listener, TargetContext};
 use crate::config::Config;
 use crate::credentials::CredentialCache;
-use crate::pool::{PoolKey, Pools, Upstream};
+use crate::pool::{HostResolver, PoolKey, Pools, Upstream};
 use crate::resolve::{ResolveTargetError, resolve_targets, roots};
 use crate::target::Target;
 use crate::tls::{self, TlsSetupError};
@@ -69,10 +69,8 @@ impl RunningProxy {
         let mut listeners = Vec::new();
         for (index, resolved_target) in resolved.targets.into_iter().enumerate() {
             let target = resolved_target.target;
-            let pools = Pools::new(
-                upstream(&config, &target, resolved_target.credentials)?,
-                warm_pool_key(&target),
-            );
+            let upstream = upstream(&config, &target, resolved_target.credentials, resolved_target.resolver)?;
+            let pools = Pools::new(upstream, warm_pool_key(&target));
             let ctx = Arc::new(TargetContext {
                 target: target.clone(),
                 pools: pools.clone(),
@@ -84,19 +82,13 @@ impl RunningProxy {
             let address = SocketAddr::new(config.address, config.listen_port(index));
             let tcp = Listener::tcp(address)
                 .await
-                .map_err(|source| StartError::Bind {
-                    address: address.to_string(),
-                    source,
-                })?;
+                .map_err(|source| StartError::Bind { address: address.to_string(), source })?;
             let tcp_address = tcp.local_addr().expect("a TCP listener has an address");
             let mut unix_socket = None;
             if let Some(dir) = &config.unix_socket_dir {
                 let unix = Listener::unix(dir, tcp_address.port())
                     .await
-                    .map_err(|source| StartError::Bind {
-                        address: dir.display().to_string(),
-                        source,
-                    })?;
+                    .map_err(|source| StartError::Bind { address: dir.display().to_string(), source })?;
                 if let Listener::Unix(_, path) = &unix {
                     unix_socket = Some(path.clone());
                 }
@@ -104,29 +96,15 @@ impl RunningProxy {
             }
             listeners.push((tcp, ctx));
             info!(target = %resolved_target.origin, upstream = %target, listen = %tcp_address, "target ready");
-            targets.push(RunningTarget {
-                tcp_address,
-                unix_socket,
-                pools,
-            });
+            targets.push(RunningTarget { tcp_address, unix_socket, pools });
         }
 
         let (stop, stopped) = watch::channel(false);
-        let mut background_tasks: Vec<_> = targets
-            .iter()
-            .map(|t| t.pools.spawn_maintenance())
-            .collect();
+        let mut background_tasks: Vec<_> = targets.iter().map(|t| t.pools.spawn_maintenance()).collect();
         background_tasks.extend(resolved.caches.iter().map(|cache| cache.spawn_refresher()));
-        let listener_tasks = listeners
-            .into_iter()
-            .map(|(listener, ctx)| tokio::spawn(listener.run(ctx, stopped.clone())))
-            .collect();
-        Ok(RunningProxy {
-            targets,
-            stop,
-            listener_tasks,
-            background_tasks,
-        })
+        let listener_tasks =
+            listeners.into_iter().map(|(listener, ctx)| tokio::spawn(listener.run(ctx, stopped.clone()))).collect();
+        Ok(RunningProxy { targets, stop, listener_tasks, background_tasks })
     }
 
     /// The TCP address target number `index` listens on.
@@ -163,18 +141,11 @@ fn upstream(
     config: &Config,
     target: &Target,
     credentials: Option<Arc<CredentialCache>>,
+    resolver: Option<HostResolver>,
 ) -> Result<Upstream, StartError> {
     let roots = roots(target.ca_file.as_ref().or(config.ca_file.as_ref()));
-    let endpoint = Endpoint::new(
-        target,
-        tls::upstream_config(&roots)?,
-        config.connect_timeout,
-    )?;
-    Ok(Upstream {
-        endpoint,
-        credentials,
-        settings: config.pool.clone(),
-    })
+    let endpoint = Endpoint::new(target, tls::upstream_config(&roots)?, config.connect_timeout)?;
+    Ok(Upstream::new(endpoint, credentials, config.pool.clone(), resolver))
 }
 
 /// The pool kept warm: only where the role and database are known up front.

@@ -123,11 +123,7 @@ struct Pipe {
 impl Pipe {
     /// Advances the framing over newly read bytes, asking `inspect` about each message.
     /// Messages for which `wants_body` is true are held until whole; all others stream.
-    fn scan(
-        &mut self,
-        wants_body: impl Fn(u8) -> bool,
-        mut inspect: impl FnMut(u8, &[u8]) -> Flow,
-    ) -> io::Result<()> {
+    fn scan(&mut self, wants_body: impl Fn(u8) -> bool, mut inspect: impl FnMut(u8, &[u8]) -> Flow) -> io::Result<()> {
         while !self.stopped {
             if self.body_left > 0 {
                 let take = self.body_left.min(self.buf.len() - self.ready);
@@ -147,8 +143,7 @@ impl Pipe {
                         header.tag.escape_ascii()
                     )));
                 }
-                let Some(message) = self.buf.get(self.ready..self.ready + header.total_len())
-                else {
+                let Some(message) = self.buf.get(self.ready..self.ready + header.total_len()) else {
                     return Ok(());
                 };
                 let flow = inspect(header.tag, &message[HEADER_LEN..]);
@@ -185,8 +180,7 @@ impl Pipe {
         loop {
             while self.ready > 0 {
                 let written =
-                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[..self.ready]))
-                        .map_err(PumpError::Write)?;
+                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[..self.ready])).map_err(PumpError::Write)?;
                 if written == 0 {
                     return Poll::Ready(Err(PumpError::Write(io::ErrorKind::WriteZero.into())));
                 }
@@ -207,8 +201,7 @@ impl Pipe {
             if self.buf.capacity() - self.buf.len() < MIN_READ_SPACE {
                 self.buf.reserve(READ_CHUNK);
             }
-            let read = ready!(poll_read_buf(Pin::new(&mut *reader), cx, &mut self.buf))
-                .map_err(PumpError::Read)?;
+            let read = ready!(poll_read_buf(Pin::new(&mut *reader), cx, &mut self.buf)).map_err(PumpError::Read)?;
             if read == 0 {
                 return Poll::Ready(Ok(PumpEnd::Eof));
             }
@@ -230,10 +223,7 @@ fn scan_from_client(pipe: &mut Pipe, state: &mut SessionState) -> io::Result<()>
 
 /// Upstream messages too, except ReadyForQuery, whose status byte the pool needs.
 fn scan_from_upstream(pipe: &mut Pipe, state: &mut SessionState) -> io::Result<()> {
-    pipe.scan(
-        |tag| tag == b'Z',
-        |tag, body| state.server_message(tag, body),
-    )
+    pipe.scan(|tag| tag == b'Z', |tag, body| state.server_message(tag, body))
 }
 
 /// Why a relay ended.
@@ -268,11 +258,7 @@ impl Default for Relay {
 impl Relay {
     /// A relay for a session whose upstream is in `state`.
     pub fn new(state: SessionState) -> Relay {
-        Relay {
-            to_upstream: Pipe::default(),
-            to_client: Pipe::default(),
-            state,
-        }
+        Relay { to_upstream: Pipe::default(), to_client: Pipe::default(), state }
     }
 
     /// Feeds bytes already read from either side (a client's first message read while
@@ -294,20 +280,13 @@ impl Relay {
         poll_fn(|cx| self.poll_run(cx, client, upstream)).await
     }
 
-    fn poll_run<C, U>(
-        &mut self,
-        cx: &mut Context<'_>,
-        client: &mut C,
-        upstream: &mut U,
-    ) -> Poll<RelayEnd>
+    fn poll_run<C, U>(&mut self, cx: &mut Context<'_>, client: &mut C, upstream: &mut U) -> Poll<RelayEnd>
     where
         C: AsyncRead + AsyncWrite + Unpin + ?Sized,
         U: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
         let state = &mut self.state;
-        let outbound = self
-            .to_upstream
-            .poll_pump(cx, client, upstream, |pipe| scan_from_client(pipe, state));
+        let outbound = self.to_upstream.poll_pump(cx, client, upstream, |pipe| scan_from_client(pipe, state));
         if let Poll::Ready(end) = outbound {
             return Poll::Ready(match end {
                 Ok(PumpEnd::Stopped) => RelayEnd::ClientTerminated,
@@ -318,10 +297,7 @@ impl Relay {
             });
         }
         let inbound = self.to_client.poll_pump(cx, upstream, client, |pipe| {
-            pipe.scan(
-                |tag| tag == b'Z',
-                |tag, body| state.server_message(tag, body),
-            )
+            pipe.scan(|tag| tag == b'Z', |tag, body| state.server_message(tag, body))
         });
         match inbound {
             Poll::Pending => Poll::Pending,
@@ -359,11 +335,7 @@ mod tests {
     }
 
     /// Runs a relay between two in-memory pipes; returns the far ends and the relay task.
-    fn start() -> (
-        DuplexStream,
-        DuplexStream,
-        tokio::task::JoinHandle<(Relay, RelayEnd)>,
-    ) {
+    fn start() -> (DuplexStream, DuplexStream, tokio::task::JoinHandle<(Relay, RelayEnd)>) {
         let (client_far, mut client_near) = duplex(64 * 1024);
         let (upstream_far, mut upstream_near) = duplex(64 * 1024);
         let task = tokio::spawn(async move {
@@ -403,10 +375,7 @@ mod tests {
     async fn an_open_transaction_or_unanswered_query_is_not_reusable() {
         let (mut client, mut upstream, task) = start();
         client.write_all(&message(b'Q', b"BEGIN\0")).await.unwrap();
-        upstream
-            .write_all(&[message(b'C', b"BEGIN\0"), message(b'Z', b"T")].concat())
-            .await
-            .unwrap();
+        upstream.write_all(&[message(b'C', b"BEGIN\0"), message(b'Z', b"T")].concat()).await.unwrap();
         read_exactly(&mut client, 17).await;
         drop(client);
         let (relay, end) = task.await.unwrap();
@@ -415,10 +384,7 @@ mod tests {
         assert!(!relay.upstream_reusable(&end));
 
         let (mut client, _upstream, task) = start();
-        client
-            .write_all(&message(b'Q', b"SELECT pg_sleep(9)\0"))
-            .await
-            .unwrap();
+        client.write_all(&message(b'Q', b"SELECT pg_sleep(9)\0")).await.unwrap();
         client.write_all(&message(b'X', b"")).await.unwrap();
         let (relay, end) = task.await.unwrap();
         assert_eq!(relay.state.awaiting_ready, 1);
@@ -445,19 +411,13 @@ mod tests {
         read_exactly(&mut upstream, 600).await;
         drop(client);
         let (relay, end) = task.await.unwrap();
-        assert!(
-            !relay.upstream_reusable(&end),
-            "the upstream holds half a message"
-        );
+        assert!(!relay.upstream_reusable(&end), "the upstream holds half a message");
     }
 
     #[tokio::test]
     async fn large_messages_stream_through_a_small_buffer() {
         let (mut client, mut upstream, task) = start();
-        client
-            .write_all(&message(b'Q', b"SELECT big\0"))
-            .await
-            .unwrap();
+        client.write_all(&message(b'Q', b"SELECT big\0")).await.unwrap();
         read_exactly(&mut upstream, 16).await;
         let row = message(b'D', &vec![42u8; 8 * 1024 * 1024]);
         let row_len = row.len();
@@ -472,28 +432,16 @@ mod tests {
         client.write_all(&message(b'X', b"")).await.unwrap();
         let (relay, end) = task.await.unwrap();
         assert!(relay.upstream_reusable(&end));
-        assert!(
-            relay.to_client.buf.capacity() <= MAX_IDLE_CAPACITY,
-            "capacity {}",
-            relay.to_client.buf.capacity()
-        );
+        assert!(relay.to_client.buf.capacity() <= MAX_IDLE_CAPACITY, "capacity {}", relay.to_client.buf.capacity());
     }
 
     #[tokio::test]
     async fn pipelined_syncs_wait_for_every_ready_for_query() {
         let (mut client, mut upstream, task) = start();
-        let batch = [
-            message(b'S', b""),
-            message(b'S', b""),
-            message(b'Q', b"SELECT 1\0"),
-        ]
-        .concat();
+        let batch = [message(b'S', b""), message(b'S', b""), message(b'Q', b"SELECT 1\0")].concat();
         client.write_all(&batch).await.unwrap();
         read_exactly(&mut upstream, batch.len()).await;
-        upstream
-            .write_all(&[message(b'Z', b"I"), message(b'Z', b"I")].concat())
-            .await
-            .unwrap();
+        upstream.write_all(&[message(b'Z', b"I"), message(b'Z', b"I")].concat()).await.unwrap();
         read_exactly(&mut client, 12).await;
         client.write_all(&message(b'X', b"")).await.unwrap();
         let (relay, end) = task.await.unwrap();

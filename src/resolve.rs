@@ -7,10 +7,9 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::config::{Config, PasswordSource};
-use crate::credentials::{
-    CommandSource, CredentialCache, CredentialSource, FileSource, RefreshPolicy,
-};
+use crate::credentials::{CommandSource, CredentialCache, CredentialSource, FileSource, RefreshPolicy};
 use crate::databricks::auth::AuthError;
+use crate::pool::HostResolver;
 use crate::databricks::config::ConfigError;
 use crate::databricks::lakebase::ResolveError;
 use crate::databricks::{ApiError, LakebaseSource, Workspace, WorkspaceConfig, client};
@@ -25,6 +24,8 @@ pub struct ResolvedTarget {
     pub credentials: Option<Arc<CredentialCache>>,
     /// What the target was resolved from, for logs and the connection test.
     pub origin: String,
+    /// How to look its host up again (Lakebase names only).
+    pub resolver: Option<HostResolver>,
 }
 
 /// Everything resolved, plus the caches whose refreshers must run.
@@ -87,6 +88,7 @@ pub async fn resolve_targets(config: &Config) -> Result<Resolved, ResolveTargetE
                 target: target.clone(),
                 credentials: shared_password.clone(),
                 origin: target.to_string(),
+                resolver: None,
             },
             TargetSpec::Lakebase(lakebase) => {
                 if workspace.is_none() {
@@ -125,10 +127,7 @@ async fn resolve_lakebase(
         .api
         .resolve(&lakebase.resource, lakebase.read_only)
         .await
-        .map_err(|source| ResolveTargetError::Resolve {
-            target: lakebase.resource.to_string(),
-            source,
-        })?;
+        .map_err(|source| ResolveTargetError::Resolve { target: lakebase.resource.to_string(), source })?;
     // IDLE is normal (the first connection wakes the compute); these are not.
     if let Some(state @ ("INIT" | "DEGRADED")) = resolved.state.as_deref() {
         warn!(target = %lakebase.resource, state, "the endpoint is not ready; connections may fail until it is");
@@ -138,32 +137,20 @@ async fn resolve_lakebase(
         port: DEFAULT_PORT,
         connect_to: lakebase.connect_to.clone(),
         user: Some(lakebase.user.clone().unwrap_or_else(|| role.to_owned())),
-        database: Some(
-            lakebase
-                .database
-                .clone()
-                .unwrap_or_else(|| LAKEBASE_DEFAULT_DATABASE.to_owned()),
-        ),
+        database: Some(lakebase.database.clone().unwrap_or_else(|| LAKEBASE_DEFAULT_DATABASE.to_owned())),
         ca_file: None,
         listen_port: lakebase.listen_port,
     };
-    let source = LakebaseSource {
-        api: workspace.api.clone(),
-        scope: resolved.scope.clone(),
-        ttl: config.token_ttl,
-    };
+    let source = LakebaseSource { api: workspace.api.clone(), scope: resolved.scope.clone(), ttl: config.token_ttl };
     let credentials = CredentialCache::new(Box::new(source), RefreshPolicy::default());
-    let origin = format!(
-        "{} ({})",
-        lakebase.resource,
-        resolved.state.as_deref().unwrap_or("state unknown")
-    );
+    let origin = format!("{} ({})", lakebase.resource, resolved.state.as_deref().unwrap_or("state unknown"));
     info!(target = %lakebase.resource, host = %resolved.host, state = ?resolved.state, "resolved");
-    Ok(ResolvedTarget {
-        target,
-        credentials: Some(credentials),
-        origin,
-    })
+    let (api, resource, read_only) = (workspace.api.clone(), lakebase.resource.clone(), lakebase.read_only);
+    let resolver: HostResolver = Arc::new(move || {
+        let (api, resource) = (api.clone(), resource.clone());
+        Box::pin(async move { api.resolve(&resource, read_only).await.map(|r| r.host).map_err(|e| e.to_string()) })
+    });
+    Ok(ResolvedTarget { target, credentials: Some(credentials), origin, resolver: Some(resolver) })
 }
 
 /// Trust for upstream and API certificates: `--ca-file`, else the system store.
@@ -180,9 +167,6 @@ fn password_cache(config: &Config) -> Option<Arc<CredentialCache>> {
         PasswordSource::File(path) => Box::new(FileSource::new(path.clone())),
         PasswordSource::Command(command) => Box::new(CommandSource::new(command.clone())),
     };
-    let policy = RefreshPolicy {
-        assumed_lifetime: config.password_ttl,
-        ..RefreshPolicy::default()
-    };
+    let policy = RefreshPolicy { assumed_lifetime: config.password_ttl, ..RefreshPolicy::default() };
     Some(CredentialCache::new(source, policy))
 }

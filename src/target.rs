@@ -66,10 +66,7 @@ impl FromStr for TargetSpec {
         if spec.contains("://") {
             return spec.parse().map(TargetSpec::Postgres);
         }
-        let fail = |reason: String| TargetError {
-            target: spec.to_owned(),
-            reason,
-        };
+        let fail = |reason: String| TargetError { target: spec.to_owned(), reason };
         let (name, query) = spec.split_once('?').unwrap_or((spec, ""));
         let resource = Resource::parse(name)
             .ok_or_else(|| fail("expected postgresql://... or a Lakebase name (projects/P/branches/B/endpoints/E, projects/P/branches/B, projects/P, instances/NAME)".into()))?
@@ -84,13 +81,9 @@ impl FromStr for TargetSpec {
         };
         for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
             match &*key {
-                "port" | "connect-to" => common_parameter(
-                    &key,
-                    &value,
-                    &mut target.listen_port,
-                    &mut target.connect_to,
-                )
-                .map_err(fail)?,
+                "port" | "connect-to" => {
+                    common_parameter(&key, &value, &mut target.listen_port, &mut target.connect_to).map_err(fail)?
+                }
                 "database" => target.database = Some(value.into_owned()),
                 "user" => target.user = Some(value.into_owned()),
                 "read-only" => {
@@ -121,19 +114,8 @@ fn common_parameter(
     connect_to: &mut Option<(String, u16)>,
 ) -> Result<(), String> {
     match key {
-        "port" => {
-            *listen_port = Some(
-                value
-                    .parse()
-                    .map_err(|_| format!("port={value} is not a port number"))?,
-            )
-        }
-        _ => {
-            *connect_to = Some(
-                parse_host_port(value)
-                    .ok_or_else(|| format!("connect-to={value} is not HOST:PORT"))?,
-            )
-        }
+        "port" => *listen_port = Some(value.parse().map_err(|_| format!("port={value} is not a port number"))?),
+        _ => *connect_to = Some(parse_host_port(value).ok_or_else(|| format!("connect-to={value} is not HOST:PORT"))?),
     }
     Ok(())
 }
@@ -194,33 +176,17 @@ impl FromStr for Target {
     type Err = TargetError;
 
     fn from_str(spec: &str) -> Result<Target, TargetError> {
-        let fail = |reason: String| TargetError {
-            target: redact_password(spec),
-            reason,
-        };
+        let fail = |reason: String| TargetError { target: redact_password(spec), reason };
         let url = Url::parse(spec).map_err(|error| fail(error.to_string()))?;
         if !matches!(url.scheme(), "postgresql" | "postgres") {
             return Err(fail("expected a postgresql:// URL".into()));
         }
         if url.password().is_some() {
-            return Err(fail(
-                "do not put a password in the target; use --password-file or --password-command"
-                    .into(),
-            ));
+            return Err(fail("do not put a password in the target; use --password-file or --password-command".into()));
         }
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| fail("no host".into()))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let decode = |text: &str| {
-            percent_decode_str(text)
-                .decode_utf8()
-                .map(|s| s.into_owned())
-        };
+        let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| fail("no host".into()))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let decode = |text: &str| percent_decode_str(text).decode_utf8().map(|s| s.into_owned());
         let user = match url.username() {
             "" => None,
             name => Some(decode(name).map_err(|_| fail("user name is not UTF-8".into()))?),
@@ -242,22 +208,16 @@ impl FromStr for Target {
             match &*key {
                 "sslrootcert" => target.ca_file = Some(PathBuf::from(&*value)),
                 "port" => {
-                    target.listen_port = Some(
-                        value
-                            .parse()
-                            .map_err(|_| fail(format!("port={value} is not a port number")))?,
-                    )
+                    target.listen_port =
+                        Some(value.parse().map_err(|_| fail(format!("port={value} is not a port number")))?)
                 }
                 "connect-to" => {
                     target.connect_to = Some(
-                        parse_host_port(&value)
-                            .ok_or_else(|| fail(format!("connect-to={value} is not HOST:PORT")))?,
+                        parse_host_port(&value).ok_or_else(|| fail(format!("connect-to={value} is not HOST:PORT")))?,
                     )
                 }
                 "sslmode" if value == "disable" => {
-                    return Err(fail(
-                        "sslmode=disable: lakebase-proxy always uses verified TLS upstream".into(),
-                    ));
+                    return Err(fail("sslmode=disable: lakebase-proxy always uses verified TLS upstream".into()));
                 }
                 // Any other sslmode is accepted: the proxy always verifies fully.
                 "sslmode" => {}
@@ -295,9 +255,10 @@ mod tests {
 
     #[test]
     fn parses_a_full_url() {
-        let target: Target = "postgresql://app%40corp@db.example.com:6543/sales?sslrootcert=/ca.pem&port=7000&connect-to=127.0.0.1:9999"
-            .parse()
-            .unwrap();
+        let target: Target =
+            "postgresql://app%40corp@db.example.com:6543/sales?sslrootcert=/ca.pem&port=7000&connect-to=127.0.0.1:9999"
+                .parse()
+                .unwrap();
         assert_eq!(target.host, "db.example.com");
         assert_eq!(target.port, 6543);
         assert_eq!(target.user.as_deref(), Some("app@corp"));
@@ -310,26 +271,15 @@ mod tests {
     #[test]
     fn defaults_are_sensible() {
         let target: Target = "postgres://localhost".parse().unwrap();
-        assert_eq!(
-            (target.port, &target.user, &target.database),
-            (DEFAULT_PORT, &None, &None)
-        );
+        assert_eq!((target.port, &target.user, &target.database), (DEFAULT_PORT, &None, &None));
         assert_eq!(target.dial_address(), ("localhost", DEFAULT_PORT));
-        let v6: Target = "postgresql://[::1]:5433/x?connect-to=[::1]:1"
-            .parse()
-            .unwrap();
-        assert_eq!(
-            (v6.host.as_str(), v6.connect_to),
-            ("::1", Some(("::1".to_owned(), 1)))
-        );
+        let v6: Target = "postgresql://[::1]:5433/x?connect-to=[::1]:1".parse().unwrap();
+        assert_eq!((v6.host.as_str(), v6.connect_to), ("::1", Some(("::1".to_owned(), 1))));
     }
 
     #[test]
     fn refuses_passwords_without_echoing_them() {
-        let error = "postgresql://u:topsecret@h/db"
-            .parse::<Target>()
-            .unwrap_err()
-            .to_string();
+        let error = "postgresql://u:topsecret@h/db".parse::<Target>().unwrap_err().to_string();
         assert!(error.contains("--password-file"), "{error}");
         assert!(!error.contains("topsecret"), "{error}");
     }
@@ -339,63 +289,26 @@ mod tests {
         let spec: TargetSpec = "projects/app/branches/production/endpoints/primary?port=6000&database=sales&read-only&connect-to=127.0.0.1:7000"
             .parse()
             .unwrap();
-        let TargetSpec::Lakebase(target) = spec else {
-            panic!("not a Lakebase target")
-        };
+        let TargetSpec::Lakebase(target) = spec else { panic!("not a Lakebase target") };
+        assert_eq!(target.resource, Resource::Endpoint("projects/app/branches/production/endpoints/primary".into()));
         assert_eq!(
-            target.resource,
-            Resource::Endpoint("projects/app/branches/production/endpoints/primary".into())
-        );
-        assert_eq!(
-            (
-                target.listen_port,
-                target.database.as_deref(),
-                target.read_only
-            ),
+            (target.listen_port, target.database.as_deref(), target.read_only),
             (Some(6000), Some("sales"), true)
         );
         assert_eq!(target.connect_to, Some(("127.0.0.1".into(), 7000)));
-        assert!(matches!(
-            "instances/legacy".parse::<TargetSpec>().unwrap(),
-            TargetSpec::Lakebase(_)
-        ));
-        assert!(matches!(
-            "postgresql://h/db".parse::<TargetSpec>().unwrap(),
-            TargetSpec::Postgres(_)
-        ));
+        assert!(matches!("instances/legacy".parse::<TargetSpec>().unwrap(), TargetSpec::Lakebase(_)));
+        assert!(matches!("postgresql://h/db".parse::<TargetSpec>().unwrap(), TargetSpec::Postgres(_)));
         assert!("projects/app?bogus=1".parse::<TargetSpec>().is_err());
-        assert!(
-            "projects/app?read-only=maybe"
-                .parse::<TargetSpec>()
-                .is_err()
-        );
-        assert!(
-            "db.example.com"
-                .parse::<TargetSpec>()
-                .unwrap_err()
-                .to_string()
-                .contains("Lakebase name")
-        );
+        assert!("projects/app?read-only=maybe".parse::<TargetSpec>().is_err());
+        assert!("db.example.com".parse::<TargetSpec>().unwrap_err().to_string().contains("Lakebase name"));
     }
 
     #[test]
     fn refuses_unknown_parameters_and_plaintext() {
         assert!("postgresql://h/db?bogus=1".parse::<Target>().is_err());
-        assert!(
-            "postgresql://h/db?sslmode=disable"
-                .parse::<Target>()
-                .is_err()
-        );
-        assert!(
-            "postgresql://h/db?sslmode=require"
-                .parse::<Target>()
-                .is_ok()
-        );
+        assert!("postgresql://h/db?sslmode=disable".parse::<Target>().is_err());
+        assert!("postgresql://h/db?sslmode=require".parse::<Target>().is_ok());
         assert!("mysql://h/db".parse::<Target>().is_err());
-        assert!(
-            "postgresql://h/db?connect-to=nope"
-                .parse::<Target>()
-                .is_err()
-        );
+        assert!("postgresql://h/db?connect-to=nope".parse::<Target>().is_err());
     }
 }

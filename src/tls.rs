@@ -69,15 +69,11 @@ pub fn api_config(roots: &TrustRoots) -> Result<ClientConfig, TlsSetupError> {
 }
 
 fn verifying_config(roots: &TrustRoots) -> Result<ClientConfig, TlsSetupError> {
-    let builder =
-        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     Ok(match roots {
         TrustRoots::System => {
             let verifier = rustls_platform_verifier::Verifier::new(provider())?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
-                .with_no_client_auth()
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
         }
         TrustRoots::CaFile(path) => {
             let mut store = RootCertStore::empty();
@@ -92,14 +88,9 @@ fn verifying_config(roots: &TrustRoots) -> Result<ClientConfig, TlsSetupError> {
 /// Server configuration for clients that send SSLRequest, from PEM certificate chain and key.
 pub fn client_facing_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let chain = read_certificates(cert)?;
-    let pem = fs::read(key).map_err(|source| TlsSetupError::Read {
-        path: key.to_owned(),
-        source,
-    })?;
-    let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsSetupError::Empty {
-        path: key.to_owned(),
-        what: "private key",
-    })?;
+    let pem = fs::read(key).map_err(|source| TlsSetupError::Read { path: key.to_owned(), source })?;
+    let key_der = PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|_| TlsSetupError::Empty { path: key.to_owned(), what: "private key" })?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
@@ -110,18 +101,10 @@ pub fn client_facing_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>
 }
 
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let pem = fs::read(path).map_err(|source| TlsSetupError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-        .filter_map(Result::ok)
-        .collect();
+    let pem = fs::read(path).map_err(|source| TlsSetupError::Read { path: path.to_owned(), source })?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok).collect();
     if certs.is_empty() {
-        return Err(TlsSetupError::Empty {
-            path: path.to_owned(),
-            what: "certificate",
-        });
+        return Err(TlsSetupError::Empty { path: path.to_owned(), what: "certificate" });
     }
     Ok(certs)
 }
@@ -129,10 +112,7 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSet
 /// Explains a failed TLS handshake in words a user can act on, from the rustls error inside
 /// the I/O error tokio-rustls returns.
 pub fn describe_handshake_error(error: &io::Error) -> String {
-    let Some(tls) = error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    else {
+    let Some(tls) = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
         return error.to_string();
     };
     match tls {
@@ -140,9 +120,12 @@ pub fn describe_handshake_error(error: &io::Error) -> String {
             format!("the certificate is not valid for {expected:?} (it names {})", presented.join(", "))
         }
         rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
-            "the certificate is not signed by a trusted CA (use sslrootcert= or SSL_CERT_FILE for a private CA)".to_owned()
+            "the certificate is not signed by a trusted CA (use sslrootcert= or SSL_CERT_FILE for a private CA)"
+                .to_owned()
         }
-        rustls::Error::InvalidCertificate(rustls::CertificateError::Expired) => "the certificate has expired".to_owned(),
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Expired) => {
+            "the certificate has expired".to_owned()
+        }
         rustls::Error::InvalidCertificate(other) => format!("invalid certificate: {other:?}"),
         other => other.to_string(),
     }
@@ -155,14 +138,10 @@ pub fn describe_handshake_error(error: &io::Error) -> String {
 pub fn server_end_point_hash(cert_der: &[u8]) -> Option<Vec<u8>> {
     use sha2::Digest;
     let algorithm = signature_algorithm_oid(cert_der)?;
-    const SHA384: [&[u8]; 2] = [
-        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c],
-        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03],
-    ];
-    const SHA512: [&[u8]; 2] = [
-        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d],
-        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04],
-    ];
+    const SHA384: [&[u8]; 2] =
+        [&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c], &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03]];
+    const SHA512: [&[u8]; 2] =
+        [&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d], &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04]];
     const ED25519: &[u8] = &[0x2b, 0x65, 0x70];
     const ED448: &[u8] = &[0x2b, 0x65, 0x71];
     if algorithm == ED25519 || algorithm == ED448 {
@@ -200,9 +179,7 @@ fn der_element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
         if count == 0 || count > 4 || rest.len() < count {
             return None;
         }
-        let length = rest[..count]
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | b as usize);
+        let length = rest[..count].iter().fold(0usize, |acc, &b| (acc << 8) | b as usize);
         (length, &rest[count..])
     };
     (rest.len() >= length).then(|| rest.split_at(length))
@@ -216,8 +193,7 @@ mod tests {
     fn der_walk_finds_the_signature_algorithm() {
         // A minimal shape: SEQ { SEQ {}, SEQ { OID 1.2.840.10045.4.3.3 }, BIT STRING }.
         let cert = [
-            0x30, 0x10, 0x30, 0x00, 0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04,
-            0x03, 0x03, 0x03, 0x00,
+            0x30, 0x10, 0x30, 0x00, 0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03, 0x03, 0x00,
         ];
         assert_eq!(signature_algorithm_oid(&cert), Some(&cert[8..16]));
         assert_eq!(server_end_point_hash(&cert).map(|h| h.len()), Some(48));

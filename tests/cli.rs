@@ -40,11 +40,7 @@ fn psql(connection: &str, args: &[&str]) -> Output {
 }
 
 fn stdout_of(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "psql failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "psql failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
@@ -53,22 +49,15 @@ fn psql_with_no_flags_lands_in_the_target_database_over_a_unix_socket() {
     let pg = PgServer::shared();
     let sockets = tempfile::tempdir().unwrap();
     let command = format!("cat {}", pg.password_file().display());
-    let proxy = ProxyProcess::start(&[
-        "--unix-socket",
-        sockets.path().to_str().unwrap(),
-        "--password-command",
-        &command,
-    ]);
+    let proxy =
+        ProxyProcess::start(&["--unix-socket", sockets.path().to_str().unwrap(), "--password-command", &command]);
     // Like `psql -h DIR`: no user, no database, no password.
     let output = psql(
         &format!("host={} port={}", sockets.path().display(), proxy.port),
         &["-c", "SELECT current_user || ' ' || current_database()"],
     );
     assert_eq!(stdout_of(output), format!("{SCRAM_USER} {APP_DB}"));
-    let output = psql(
-        &format!("host=127.0.0.1 port={}", proxy.port),
-        &["-c", "SELECT 1"],
-    );
+    let output = psql(&format!("host=127.0.0.1 port={}", proxy.port), &["-c", "SELECT 1"]);
     assert_eq!(stdout_of(output), "1");
 }
 
@@ -81,11 +70,7 @@ fn psql_copy_large_objects_and_errors() {
     let rows: String = (0..5000).map(|i| format!("{i}\tvalue {i}\n")).collect();
     std::fs::write(&data, &rows).unwrap();
     let blob = dir.path().join("blob.bin");
-    std::fs::write(
-        &blob,
-        (0..200_000u32).map(|i| (i % 256) as u8).collect::<Vec<_>>(),
-    )
-    .unwrap();
+    std::fs::write(&blob, (0..200_000u32).map(|i| (i % 256) as u8).collect::<Vec<_>>()).unwrap();
     let exported = dir.path().join("exported.bin");
     let copied_out = dir.path().join("out.tsv");
     let script = format!(
@@ -104,81 +89,33 @@ fn psql_copy_large_objects_and_errors() {
     );
     let script_path = dir.path().join("script.sql");
     std::fs::write(&script_path, script).unwrap();
-    let output = psql(
-        &format!("host=127.0.0.1 port={}", proxy.port),
-        &["-f", script_path.to_str().unwrap()],
-    );
+    let output = psql(&format!("host=127.0.0.1 port={}", proxy.port), &["-f", script_path.to_str().unwrap()]);
     let text = stdout_of(output);
     assert!(text.lines().any(|l| l == "5000"), "{text}");
-    assert_eq!(
-        std::fs::read_to_string(&copied_out).unwrap(),
-        rows,
-        "\\copy out returns what went in"
-    );
+    assert_eq!(std::fs::read_to_string(&copied_out).unwrap(), rows, "\\copy out returns what went in");
     // \lo_import and \lo_export use the FunctionCall message.
-    assert_eq!(
-        std::fs::read(&exported).unwrap(),
-        std::fs::read(&blob).unwrap()
-    );
+    assert_eq!(std::fs::read(&exported).unwrap(), std::fs::read(&blob).unwrap());
     // An error is reported with its SQLSTATE and the session goes on.
-    let output = psql(
-        &format!("host=127.0.0.1 port={}", proxy.port),
-        &["-v", "VERBOSITY=verbose", "-c", "SELECT 1/0"],
-    );
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("22012"),
-        "{output:?}"
-    );
+    let output = psql(&format!("host=127.0.0.1 port={}", proxy.port), &["-v", "VERBOSITY=verbose", "-c", "SELECT 1/0"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("22012"), "{output:?}");
 }
 
 #[test]
 fn pgbench_runs_through_the_proxy_without_failures() {
     let pg = PgServer::shared();
     // Session mode: each of pgbench's 8 clients holds an upstream connection throughout.
-    let proxy = ProxyProcess::start(&[
-        "--password-file",
-        pg.password_file().to_str().unwrap(),
-        "--max-pool-size",
-        "8",
-    ]);
+    let proxy = ProxyProcess::start(&["--password-file", pg.password_file().to_str().unwrap(), "--max-pool-size", "8"]);
     let connection = format!("host=127.0.0.1 port={} dbname={APP_DB}", proxy.port);
-    let init = Command::new("pgbench")
-        .args(["-i", "-s", "1", "-q", &connection])
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "pgbench -i: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    let init = Command::new("pgbench").args(["-i", "-s", "1", "-q", &connection]).output().unwrap();
+    assert!(init.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
     let run = Command::new("pgbench")
-        .args([
-            "-c",
-            "8",
-            "-j",
-            "2",
-            "-t",
-            "100",
-            "-M",
-            "prepared",
-            &connection,
-        ])
+        .args(["-c", "8", "-j", "2", "-t", "100", "-M", "prepared", &connection])
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "pgbench: {report} {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    assert!(
-        report.contains("number of transactions actually processed: 800/800"),
-        "{report}"
-    );
-    assert!(
-        report.contains("number of failed transactions: 0"),
-        "{report}"
-    );
+    assert!(run.status.success(), "pgbench: {report} {}", String::from_utf8_lossy(&run.stderr));
+    assert!(report.contains("number of transactions actually processed: 800/800"), "{report}");
+    assert!(report.contains("number of failed transactions: 0"), "{report}");
 }
 
 #[test]
@@ -194,11 +131,8 @@ fn clients_can_use_tls_to_the_proxy() {
         "--client-key",
         key.to_str().unwrap(),
     ]);
-    let connection = format!(
-        "host=localhost port={} sslmode=verify-full sslrootcert={}",
-        proxy.port,
-        pki.ca_path().display()
-    );
+    let connection =
+        format!("host=localhost port={} sslmode=verify-full sslrootcert={}", proxy.port, pki.ca_path().display());
     let output = psql(&connection, &["-c", "\\conninfo"]);
     let text = stdout_of(output);
     assert!(text.contains("SSL connection"), "{text}");
@@ -207,79 +141,43 @@ fn clients_can_use_tls_to_the_proxy() {
 #[test]
 fn sigterm_exits_cleanly_and_logs_hold_no_password() {
     let pg = PgServer::shared();
-    let proxy = ProxyProcess::start(&[
-        "--password-file",
-        pg.password_file().to_str().unwrap(),
-        "--log-level",
-        "trace",
-    ]);
-    let output = psql(
-        &format!("host=127.0.0.1 port={}", proxy.port),
-        &["-c", "SELECT 1"],
-    );
+    let proxy = ProxyProcess::start(&["--password-file", pg.password_file().to_str().unwrap(), "--log-level", "trace"]);
+    let output = psql(&format!("host=127.0.0.1 port={}", proxy.port), &["-c", "SELECT 1"]);
     assert_eq!(stdout_of(output), "1");
     let (status, log) = proxy.terminate();
     assert!(status.success(), "exit status {status}: {log}");
-    assert!(
-        log.contains("session ended"),
-        "one line per session at info: {log}"
-    );
+    assert!(log.contains("session ended"), "one line per session at info: {log}");
     assert!(!log.contains(PASSWORD), "the password leaked into the log");
 }
 
 #[test]
 fn bad_arguments_fail_with_a_readable_message() {
-    let output = Command::new(env!("CARGO_BIN_EXE_lakebase-proxy"))
-        .args(["postgresql://user:hunter2@h/db"])
-        .output()
-        .unwrap();
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_lakebase-proxy")).args(["postgresql://user:hunter2@h/db"]).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("--password-file") && !stderr.contains("hunter2"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("--password-file") && !stderr.contains("hunter2"), "{stderr}");
 }
 
 #[test]
 fn the_connection_test_reports_what_it_used() {
     let pg = PgServer::shared();
-    let target = format!(
-        "postgresql://{SCRAM_USER}@localhost:{}/{APP_DB}?sslrootcert={}",
-        pg.port(),
-        pg.ca_path().display()
-    );
+    let target =
+        format!("postgresql://{SCRAM_USER}@localhost:{}/{APP_DB}?sslrootcert={}", pg.port(), pg.ca_path().display());
     let output = Command::new(env!("CARGO_BIN_EXE_lakebase-proxy"))
-        .args([
-            target.as_str(),
-            "--password-file",
-            pg.password_file().to_str().unwrap(),
-            "--run-connection-test",
-        ])
+        .args([target.as_str(), "--password-file", pg.password_file().to_str().unwrap(), "--run-connection-test"])
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{report} {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        report.contains(&format!("role      {SCRAM_USER}")) && report.contains("result    OK"),
-        "{report}"
-    );
+    assert!(output.status.success(), "{report} {}", String::from_utf8_lossy(&output.stderr));
+    assert!(report.contains(&format!("role      {SCRAM_USER}")) && report.contains("result    OK"), "{report}");
     assert!(!report.contains(PASSWORD));
     // A wrong password fails with the server's words and exit code 1.
     let dir = tempfile::tempdir().unwrap();
     let wrong = dir.path().join("pw");
     std::fs::write(&wrong, "wrong\n").unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_lakebase-proxy"))
-        .args([
-            target.as_str(),
-            "--password-file",
-            wrong.to_str().unwrap(),
-            "--run-connection-test",
-        ])
+        .args([target.as_str(), "--password-file", wrong.to_str().unwrap(), "--run-connection-test"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));

@@ -22,29 +22,14 @@ fn psql(server: &PgServer, conn: &str, password: &str, sql: &str) -> Output {
         server.ca_path().display()
     );
     Command::new(support::pg_bin("psql"))
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            &conn,
-            "-c",
-            sql,
-        ])
+        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", &conn, "-c", sql])
         .env("PGPASSWORD", password)
         .output()
         .expect("spawn psql")
 }
 
 fn stdout_ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "psql failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -105,8 +90,7 @@ fn roles_store_the_expected_password_kinds() {
     assert!(md5_row.starts_with("md5_user=md5"), "{rows}");
     assert!(rows.contains("clear_user=SCRAM-SHA-256"), "{rows}");
     assert!(rows.contains("scram_user=SCRAM-SHA-256"), "{rows}");
-    let owner =
-        pg.superuser_sql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'");
+    let owner = pg.superuser_sql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'");
     assert_eq!(owner, SCRAM_USER);
     let pw = std::fs::read_to_string(pg.password_file()).unwrap();
     assert_eq!(pw, format!("{PASSWORD}\n"));
@@ -115,9 +99,7 @@ fn roles_store_the_expected_password_kinds() {
 /// Sends SSLRequest and attempts a rustls handshake, as the proxy will.
 async fn rustls_handshake(port: u16, ca: &std::path::Path, name: &str) -> std::io::Result<()> {
     let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(ca).unwrap())
-        .unwrap();
+    roots.add(CertificateDer::from_pem_file(ca).unwrap()).unwrap();
     let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -130,9 +112,7 @@ async fn rustls_handshake(port: u16, ca: &std::path::Path, name: &str) -> std::i
     tcp.read_exact(&mut answer).await?;
     assert_eq!(answer[0], b'S');
     let name = ServerName::try_from(name.to_string()).unwrap();
-    let mut tls = TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await?;
+    let mut tls = TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
     tls.shutdown().await.ok();
     Ok(())
 }
@@ -146,21 +126,15 @@ async fn rustls_accepts_the_server_chain_and_rejects_other_cas() {
             .unwrap_or_else(|e| panic!("rustls handshake for {name}: {e}"));
     }
     let other = TestPki::new();
-    let err = rustls_handshake(pg.port(), other.ca_path(), "localhost")
-        .await
-        .expect_err("a foreign CA must not verify");
+    let err =
+        rustls_handshake(pg.port(), other.ca_path(), "localhost").await.expect_err("a foreign CA must not verify");
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
     let wrong_name = rustls_handshake(pg.port(), pg.ca_path(), "example.com").await;
     assert!(wrong_name.is_err());
     // Leaves from a standalone PKI are usable files.
     let (cert, key) = other.leaf(&["proxy.test", "::1"]);
-    assert!(
-        std::fs::read_to_string(cert)
-            .unwrap()
-            .contains("BEGIN CERTIFICATE")
-    );
-    let mode =
-        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(key).unwrap().permissions());
+    assert!(std::fs::read_to_string(cert).unwrap().contains("BEGIN CERTIFICATE"));
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(key).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -173,10 +147,7 @@ fn private_server_restarts_and_stops() {
     pg.restart();
     let after = stdout_ok(&psql(&pg, &conn, PASSWORD, started));
     assert_ne!(before, after, "postmaster was not restarted");
-    assert_eq!(
-        stdout_ok(&psql(&pg, &conn, PASSWORD, WHOAMI)),
-        format!("{SCRAM_USER}|t")
-    );
+    assert_eq!(stdout_ok(&psql(&pg, &conn, PASSWORD, WHOAMI)), format!("{SCRAM_USER}|t"));
     pg.stop();
     stderr_err(&psql(&pg, &conn, PASSWORD, "SELECT 1"));
 }

@@ -16,11 +16,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 /// A proxy for `user` on the shared server, with `adjust` applied to the defaults.
 async fn proxy_for(user: &str, adjust: impl FnOnce(&mut Config)) -> RunningProxy {
     let pg = PgServer::shared();
-    let target = format!(
-        "postgresql://{user}@localhost:{}/{APP_DB}?sslrootcert={}",
-        pg.port(),
-        pg.ca_path().display()
-    );
+    let target = format!("postgresql://{user}@localhost:{}/{APP_DB}?sslrootcert={}", pg.port(), pg.ca_path().display());
     let mut config = Config::new(vec![target.parse().unwrap()]);
     config.port = 0;
     config.password = PasswordSource::File(pg.password_file());
@@ -31,20 +27,13 @@ async fn proxy_for(user: &str, adjust: impl FnOnce(&mut Config)) -> RunningProxy
 fn client_config(proxy: &RunningProxy) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
     // The client's own user and database are whatever the tool defaults to; the target decides.
-    config
-        .host("127.0.0.1")
-        .port(proxy.tcp_address(0).port())
-        .user("someone")
-        .dbname("someone");
+    config.host("127.0.0.1").port(proxy.tcp_address(0).port()).user("someone").dbname("someone");
     config
 }
 
 /// Connects through the proxy; the connection is driven in a task that ends with it.
 async fn connect(proxy: &RunningProxy) -> Client {
-    let (client, connection) = client_config(proxy)
-        .connect(NoTls)
-        .await
-        .expect("connect through the proxy");
+    let (client, connection) = client_config(proxy).connect(NoTls).await.expect("connect through the proxy");
     tokio::spawn(connection);
     client
 }
@@ -61,11 +50,7 @@ fn sqlstate(error: &tokio_postgres::Error) -> &str {
 }
 
 fn pool_key(user: &str) -> PoolKey {
-    PoolKey {
-        database: APP_DB.into(),
-        user: user.into(),
-        options: None,
-    }
+    PoolKey { database: APP_DB.into(), user: user.into(), options: None }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,10 +64,7 @@ async fn every_password_method_logs_in_over_verified_tls() {
             .unwrap();
         assert_eq!(row.get::<_, String>(0), user);
         assert_eq!(row.get::<_, String>(1), APP_DB);
-        assert!(
-            row.get::<_, bool>(2),
-            "upstream connection of {user} must use TLS"
-        );
+        assert!(row.get::<_, bool>(2), "upstream connection of {user} must use TLS");
         proxy.stop().await;
     }
 }
@@ -92,19 +74,11 @@ async fn a_wrong_password_reports_the_servers_words() {
     let dir = tempfile::tempdir().unwrap();
     let wrong = dir.path().join("pw");
     std::fs::write(&wrong, "not-the-password\n").unwrap();
-    let proxy = proxy_for(SCRAM_USER, |c| {
-        c.password = PasswordSource::File(wrong.clone())
-    })
-    .await;
+    let proxy = proxy_for(SCRAM_USER, |c| c.password = PasswordSource::File(wrong.clone())).await;
     let error = connect_error(&proxy).await;
     let db_error = error.as_db_error().expect("an ErrorResponse");
     assert_eq!(db_error.code().code(), "28P01");
-    assert!(
-        db_error
-            .message()
-            .contains("password authentication failed"),
-        "{db_error:?}"
-    );
+    assert!(db_error.message().contains("password authentication failed"), "{db_error:?}");
     assert!(!format!("{db_error:?}").contains("not-the-password"));
     proxy.stop().await;
 }
@@ -125,8 +99,7 @@ async fn a_certificate_for_another_host_is_refused() {
     let db_error = error.as_db_error().expect("an ErrorResponse");
     assert_eq!(db_error.code().code(), "08001");
     assert!(
-        db_error.message().contains("not valid for")
-            && db_error.message().contains("db.wrong.example"),
+        db_error.message().contains("not valid for") && db_error.message().contains("db.wrong.example"),
         "{}",
         db_error.message()
     );
@@ -136,28 +109,15 @@ async fn a_certificate_for_another_host_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_upstream_is_reported() {
     let pg = PgServer::shared();
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let target = format!(
-        "postgresql://{SCRAM_USER}@localhost:{closed_port}/{APP_DB}?sslrootcert={}",
-        pg.ca_path().display()
-    );
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let target =
+        format!("postgresql://{SCRAM_USER}@localhost:{closed_port}/{APP_DB}?sslrootcert={}", pg.ca_path().display());
     let mut config = Config::new(vec![target.parse().unwrap()]);
     config.port = 0;
     let proxy = RunningProxy::start(config).await.unwrap();
     let error = connect_error(&proxy).await;
     assert_eq!(sqlstate(&error), "08001");
-    assert!(
-        error
-            .as_db_error()
-            .unwrap()
-            .message()
-            .contains("cannot reach upstream"),
-        "{error}"
-    );
+    assert!(error.as_db_error().unwrap().message().contains("cannot reach upstream"), "{error}");
     proxy.stop().await;
 }
 
@@ -175,15 +135,8 @@ async fn notifications_reach_an_idle_client_with_the_real_sender_pid() {
     listener.batch_execute("LISTEN proxy_test").await.unwrap();
 
     let sender = connect(&proxy).await;
-    let sender_pid: i32 = sender
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    sender
-        .batch_execute("NOTIFY proxy_test, 'hello'")
-        .await
-        .unwrap();
+    let sender_pid: i32 = sender.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    sender.batch_execute("NOTIFY proxy_test, 'hello'").await.unwrap();
 
     let notification = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -194,15 +147,8 @@ async fn notifications_reach_an_idle_client_with_the_real_sender_pid() {
     })
     .await
     .expect("notification arrives while the listener is idle");
-    assert_eq!(
-        (notification.channel(), notification.payload()),
-        ("proxy_test", "hello")
-    );
-    assert_eq!(
-        notification.process_id(),
-        sender_pid,
-        "the sender pid is the upstream backend's"
-    );
+    assert_eq!((notification.channel(), notification.payload()), ("proxy_test", "hello"));
+    assert_eq!(notification.process_id(), sender_pid, "the sender pid is the upstream backend's");
     proxy.stop().await;
 }
 
@@ -220,11 +166,7 @@ async fn cancel_stops_a_running_query_quickly() {
         token.cancel_query(NoTls).await.unwrap();
         let error = query.await.unwrap().expect_err("the query is cancelled");
         assert_eq!(sqlstate(&error), "57014", "lazy={lazy}: {error}");
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "lazy={lazy}: took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(2), "lazy={lazy}: took {:?}", started.elapsed());
         proxy.stop().await;
     }
 }
@@ -233,19 +175,14 @@ async fn cancel_stops_a_running_query_quickly() {
 async fn copy_100k_rows_in_and_out() {
     let proxy = proxy_for(SCRAM_USER, |_| {}).await;
     let client = connect(&proxy).await;
-    client
-        .batch_execute("CREATE TEMP TABLE copied (id int, label text)")
-        .await
-        .unwrap();
+    client.batch_execute("CREATE TEMP TABLE copied (id int, label text)").await.unwrap();
     let sink = client.copy_in("COPY copied FROM STDIN").await.unwrap();
     futures_util::pin_mut!(sink);
     let mut chunk = String::new();
     for id in 0..100_000 {
         chunk.push_str(&format!("{id}\trow-{id}-ünïcødé\n"));
         if chunk.len() > 64 * 1024 {
-            sink.send(bytes::Bytes::from(std::mem::take(&mut chunk)))
-                .await
-                .unwrap();
+            sink.send(bytes::Bytes::from(std::mem::take(&mut chunk))).await.unwrap();
         }
     }
     sink.send(bytes::Bytes::from(chunk)).await.unwrap();
@@ -254,16 +191,9 @@ async fn copy_100k_rows_in_and_out() {
     let stream = client.copy_out("COPY copied TO STDOUT").await.unwrap();
     let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
     let text: Vec<u8> = chunks.concat();
-    let lines = text
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .count();
+    let lines = text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
     assert_eq!(lines, 100_000);
-    assert!(
-        String::from_utf8(text)
-            .unwrap()
-            .contains("99999\trow-99999-ünïcødé\n")
-    );
+    assert!(String::from_utf8(text).unwrap().contains("99999\trow-99999-ünïcødé\n"));
     proxy.stop().await;
 }
 
@@ -271,16 +201,10 @@ async fn copy_100k_rows_in_and_out() {
 async fn extended_protocol_pipelining_binary_and_large_messages() {
     let proxy = proxy_for(SCRAM_USER, |_| {}).await;
     let client = connect(&proxy).await;
-    let statement = client
-        .prepare("SELECT $1::int8 * 2, $2::text || '!'")
-        .await
-        .unwrap();
+    let statement = client.prepare("SELECT $1::int8 * 2, $2::text || '!'").await.unwrap();
     for n in 0..20i64 {
         let row = client.query_one(&statement, &[&n, &"ok"]).await.unwrap();
-        assert_eq!(
-            (row.get::<_, i64>(0), row.get::<_, String>(1)),
-            (n * 2, "ok!".to_owned())
-        );
+        assert_eq!((row.get::<_, i64>(0), row.get::<_, String>(1)), (n * 2, "ok!".to_owned()));
     }
     // Pipelined: all sent before any answer is read.
     let (a, b, c) = tokio::join!(
@@ -292,13 +216,8 @@ async fn extended_protocol_pipelining_binary_and_large_messages() {
     assert_eq!(b.unwrap().get::<_, String>(0), "two");
     assert_eq!(c.unwrap().get::<_, f64>(0), 3.5);
     // 24 MB each way, binary format.
-    let blob: Vec<u8> = (0..24 * 1024 * 1024)
-        .map(|i: u32| (i % 251) as u8)
-        .collect();
-    let row = client
-        .query_one("SELECT $1::bytea, length($1::bytea)", &[&blob])
-        .await
-        .unwrap();
+    let blob: Vec<u8> = (0..24 * 1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    let row = client.query_one("SELECT $1::bytea, length($1::bytea)", &[&blob]).await.unwrap();
     assert_eq!(row.get::<_, i32>(1) as usize, blob.len());
     assert!(row.get::<_, Vec<u8>>(0) == blob, "bytea round trip");
     proxy.stop().await;
@@ -311,23 +230,11 @@ async fn terminating_ones_own_backend_ends_only_that_session() {
     let victim = connect(&proxy).await;
     let pool = proxy.pools(0).get(&pool_key(SCRAM_USER));
     assert_eq!(pool.counts().1, 2);
-    let error = victim
-        .simple_query("SELECT pg_terminate_backend(pg_backend_pid())")
-        .await
-        .expect_err("the session ends");
+    let error =
+        victim.simple_query("SELECT pg_terminate_backend(pg_backend_pid())").await.expect_err("the session ends");
     assert_eq!(sqlstate(&error), "57P01", "{error}");
-    assert!(
-        victim.simple_query("SELECT 1").await.is_err(),
-        "the victim's session is over"
-    );
-    assert_eq!(
-        bystander
-            .query_one("SELECT 41 + 1", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        42
-    );
+    assert!(victim.simple_query("SELECT 1").await.is_err(), "the victim's session is over");
+    assert_eq!(bystander.query_one("SELECT 41 + 1", &[]).await.unwrap().get::<_, i32>(0), 42);
     wait_until(|| pool.counts() == (0, 1)).await;
     proxy.stop().await;
 }
@@ -339,42 +246,25 @@ async fn a_client_killed_mid_transaction_leaves_no_trace() {
 
     // A clean session's leftovers are reset and the connection is reused.
     let first = connect(&proxy).await;
-    let first_pid: i32 = first
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let first_pid: i32 = first.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     first
-        .batch_execute(
-            "SET work_mem = '77MB'; CREATE TEMP TABLE leftover (x int); PREPARE p AS SELECT 1",
-        )
+        .batch_execute("SET work_mem = '77MB'; CREATE TEMP TABLE leftover (x int); PREPARE p AS SELECT 1")
         .await
         .unwrap();
     drop(first);
     wait_until(|| pool.counts() == (1, 1)).await;
     let second = connect(&proxy).await;
     assert_clean(&second).await;
-    let second_pid: i32 = second
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let second_pid: i32 = second.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     assert_eq!(second_pid, first_pid, "a clean connection is reused");
 
     // A session killed inside a transaction: its connection must not be reused.
-    second
-        .batch_execute("BEGIN; SET LOCAL work_mem = '99MB'; CREATE TEMP TABLE inside (x int)")
-        .await
-        .unwrap();
+    second.batch_execute("BEGIN; SET LOCAL work_mem = '99MB'; CREATE TEMP TABLE inside (x int)").await.unwrap();
     drop(second); // closes the socket without Terminate, mid-transaction
     wait_until(|| pool.counts().1 == 0).await;
     let third = connect(&proxy).await;
     assert_clean(&third).await;
-    let third_pid: i32 = third
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let third_pid: i32 = third.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     assert_ne!(third_pid, first_pid, "the dirty connection was closed");
     proxy.stop().await;
 }
@@ -389,15 +279,8 @@ async fn assert_clean(client: &Client) {
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "4MB");
-    assert!(
-        row.get::<_, bool>(1) && row.get::<_, bool>(2),
-        "no temp tables survive"
-    );
-    assert_eq!(
-        row.get::<_, i64>(3),
-        1,
-        "only tokio-postgres's own statement"
-    );
+    assert!(row.get::<_, bool>(1) && row.get::<_, bool>(2), "no temp tables survive");
+    assert_eq!(row.get::<_, i64>(3), 1, "only tokio-postgres's own statement");
     assert!(row.get::<_, bool>(4), "no open transaction");
 }
 
@@ -425,10 +308,7 @@ async fn two_hundred_clients_share_ten_connections() {
             tokio::spawn(async move {
                 let (client, connection) = config.connect(NoTls).await.unwrap();
                 tokio::spawn(connection);
-                let row = client
-                    .query_one("SELECT $1::int4 + 0 FROM pg_sleep(0.02)", &[&i])
-                    .await
-                    .unwrap();
+                let row = client.query_one("SELECT $1::int4 + 0 FROM pg_sleep(0.02)", &[&i]).await.unwrap();
                 assert_eq!(row.get::<_, i32>(0), i);
             })
         })
@@ -440,9 +320,7 @@ async fn two_hundred_clients_share_ten_connections() {
     }
     assert!(most_open <= 10, "pool grew to {most_open}");
     let backends: i64 = PgServer::shared()
-        .superuser_sql(&format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = '{MD5_USER}'"
-        ))
+        .superuser_sql(&format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{MD5_USER}'"))
         .parse()
         .unwrap();
     assert!(backends <= 10, "{backends} upstream backends");
@@ -462,13 +340,7 @@ async fn a_full_pool_answers_53300_after_the_wait() {
     let error = connect_error(&proxy).await;
     assert_eq!(sqlstate(&error), "53300", "{error}");
     assert!(started.elapsed() >= Duration::from_millis(300));
-    assert!(
-        error
-            .as_db_error()
-            .unwrap()
-            .message()
-            .contains("became free")
-    );
+    assert!(error.as_db_error().unwrap().message().contains("became free"));
     proxy.stop().await;
 }
 
@@ -477,21 +349,12 @@ async fn client_settings_are_applied_and_reported_canonically() {
     let proxy = proxy_for(SCRAM_USER, |c| c.pool.max_size = 1).await;
     for (app, datestyle) in [("first-app", "ISO, DMY"), ("second app's", "sql, mdy")] {
         let mut config = client_config(&proxy);
-        config
-            .application_name(app)
-            .options("")
-            .ssl_mode(tokio_postgres::config::SslMode::Disable);
+        config.application_name(app).options("").ssl_mode(tokio_postgres::config::SslMode::Disable);
         let (client, connection) = config.connect(NoTls).await.unwrap();
         tokio::spawn(connection);
-        client
-            .batch_execute(&format!("SET datestyle = '{datestyle}'"))
-            .await
-            .unwrap();
+        client.batch_execute(&format!("SET datestyle = '{datestyle}'")).await.unwrap();
         let row = client
-            .query_one(
-                "SELECT current_setting('application_name'), current_setting('client_encoding')",
-                &[],
-            )
+            .query_one("SELECT current_setting('application_name'), current_setting('client_encoding')", &[])
             .await
             .unwrap();
         assert_eq!(row.get::<_, String>(0), app);
@@ -513,15 +376,8 @@ async fn lazy_clients_cost_no_upstream_connection_until_they_speak() {
     for _ in 0..50 {
         idle.push(connect(&proxy).await);
     }
-    assert_eq!(
-        pool.counts(),
-        (1, 1),
-        "50 idle lazy clients hold no upstream connection"
-    );
-    let row = idle[7]
-        .query_one("SELECT current_setting('application_name'), 2 + 2", &[])
-        .await
-        .unwrap();
+    assert_eq!(pool.counts(), (1, 1), "50 idle lazy clients hold no upstream connection");
+    let row = idle[7].query_one("SELECT current_setting('application_name'), 2 + 2", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(1), 4);
     proxy.stop().await;
 }
@@ -536,22 +392,14 @@ async fn warm_connections_are_opened_at_start() {
     config.application_name("warm-app");
     let (client, connection) = config.connect(NoTls).await.unwrap();
     tokio::spawn(connection);
-    let app: String = client
-        .query_one("SELECT current_setting('application_name')", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let app: String = client.query_one("SELECT current_setting('application_name')", &[]).await.unwrap().get(0);
     assert_eq!(app, "warm-app");
     assert_eq!(pool.counts(), (2, 3), "the client took a warm connection");
     drop(client);
     // After the reset the setting is gone again.
     wait_until(|| pool.counts() == (3, 3)).await;
     let plain = connect(&proxy).await;
-    let app: String = plain
-        .query_one("SELECT current_setting('application_name')", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let app: String = plain.query_one("SELECT current_setting('application_name')", &[]).await.unwrap().get(0);
     assert_eq!(app, "");
     proxy.stop().await;
 }
@@ -591,20 +439,11 @@ mod raw {
     async fn encryption_requests_are_declined_without_client_tls() {
         let proxy = proxy_for(SCRAM_USER, |_| {}).await;
         let mut stream = open(&proxy).await;
-        stream
-            .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
-            .await
-            .unwrap(); // GSSENCRequest
+        stream.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).await.unwrap(); // GSSENCRequest
         assert_eq!(stream.read_u8().await.unwrap(), b'N');
-        stream
-            .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-            .await
-            .unwrap(); // SSLRequest
+        stream.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap(); // SSLRequest
         assert_eq!(stream.read_u8().await.unwrap(), b'N');
-        stream
-            .write_all(&startup(3 << 16, &[("user", "x")]))
-            .await
-            .unwrap();
+        stream.write_all(&startup(3 << 16, &[("user", "x")])).await.unwrap();
         assert_eq!(read_tag(&mut stream).await, (b'R', vec![0, 0, 0, 0]));
         proxy.stop().await;
     }
@@ -613,13 +452,7 @@ mod raw {
     async fn newer_protocol_minors_are_negotiated_down() {
         let proxy = proxy_for(SCRAM_USER, |_| {}).await;
         let mut stream = open(&proxy).await;
-        stream
-            .write_all(&startup(
-                (3 << 16) | 2,
-                &[("user", "x"), ("_pq_.extension", "on")],
-            ))
-            .await
-            .unwrap();
+        stream.write_all(&startup((3 << 16) | 2, &[("user", "x"), ("_pq_.extension", "on")])).await.unwrap();
         let (tag, body) = read_tag(&mut stream).await;
         assert_eq!(tag, b'v');
         assert_eq!(&body[..8], &[0, 3, 0, 0, 0, 0, 0, 1]);
@@ -630,56 +463,30 @@ mod raw {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn garbage_and_silence_get_an_error_or_a_closed_socket() {
-        let proxy = proxy_for(SCRAM_USER, |c| {
-            c.startup_timeout = Duration::from_millis(300)
-        })
-        .await;
+        let proxy = proxy_for(SCRAM_USER, |c| c.startup_timeout = Duration::from_millis(300)).await;
         // An impossible length.
         let mut stream = open(&proxy).await;
-        stream
-            .write_all(&[0x7f, 0xff, 0xff, 0xff, 1, 2, 3, 4])
-            .await
-            .unwrap();
+        stream.write_all(&[0x7f, 0xff, 0xff, 0xff, 1, 2, 3, 4]).await.unwrap();
         let (tag, body) = read_tag(&mut stream).await;
         assert_eq!(tag, b'E');
         assert!(String::from_utf8_lossy(&body).contains("08P01"));
-        assert_eq!(
-            stream.read(&mut [0; 16]).await.unwrap(),
-            0,
-            "then the socket closes"
-        );
+        assert_eq!(stream.read(&mut [0; 16]).await.unwrap(), 0, "then the socket closes");
         // Half a startup packet, then silence: closed after the startup timeout.
         let mut stream = open(&proxy).await;
-        stream
-            .write_all(&startup(3 << 16, &[("user", "x")])[..9])
-            .await
-            .unwrap();
+        stream.write_all(&startup(3 << 16, &[("user", "x")])[..9]).await.unwrap();
         let started = Instant::now();
         let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await.unwrap().unwrap();
         assert!(started.elapsed() >= Duration::from_millis(250));
         // Protocol 2.0 is refused.
         let mut stream = open(&proxy).await;
-        stream
-            .write_all(&startup(2 << 16, &[("user", "x")]))
-            .await
-            .unwrap();
+        stream.write_all(&startup(2 << 16, &[("user", "x")])).await.unwrap();
         let (tag, body) = read_tag(&mut stream).await;
         assert_eq!(tag, b'E');
         assert!(String::from_utf8_lossy(&body).contains("0A000"));
         // Meanwhile real clients are unaffected.
         let client = connect(&proxy).await;
-        assert_eq!(
-            client
-                .query_one("SELECT 1", &[])
-                .await
-                .unwrap()
-                .get::<_, i32>(0),
-            1
-        );
+        assert_eq!(client.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
         proxy.stop().await;
     }
 
@@ -687,13 +494,7 @@ mod raw {
     async fn replication_connections_are_refused() {
         let proxy = proxy_for(SCRAM_USER, |_| {}).await;
         let mut stream = open(&proxy).await;
-        stream
-            .write_all(&startup(
-                3 << 16,
-                &[("user", "x"), ("replication", "database")],
-            ))
-            .await
-            .unwrap();
+        stream.write_all(&startup(3 << 16, &[("user", "x"), ("replication", "database")])).await.unwrap();
         let (tag, body) = read_tag(&mut stream).await;
         assert_eq!(tag, b'E');
         assert!(String::from_utf8_lossy(&body).contains("replication"));
@@ -706,10 +507,7 @@ async fn passwords_are_never_in_errors() {
     // Sanity check for the harness password itself, used in every test above.
     let proxy = proxy_for(SCRAM_USER, |_| {}).await;
     let client = connect(&proxy).await;
-    let error = client
-        .simple_query("SELECT * FROM no_such_table")
-        .await
-        .unwrap_err();
+    let error = client.simple_query("SELECT * FROM no_such_table").await.unwrap_err();
     assert!(!error.to_string().contains(PASSWORD));
     proxy.stop().await;
 }

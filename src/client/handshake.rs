@@ -57,9 +57,7 @@ pub enum HandshakeError {
 impl UserFacing for HandshakeError {
     fn to_client(&self) -> ErrorFields {
         let code = match self {
-            HandshakeError::Startup(StartupError::UnsupportedProtocol { .. }) => {
-                sqlstate::FEATURE_NOT_SUPPORTED
-            }
+            HandshakeError::Startup(StartupError::UnsupportedProtocol { .. }) => sqlstate::FEATURE_NOT_SUPPORTED,
             _ => sqlstate::PROTOCOL_VIOLATION,
         };
         ErrorFields::new(Severity::Fatal, code, format!("lakebase-proxy: {self}"))
@@ -80,25 +78,14 @@ pub async fn negotiate(
             StartupRequest::Ssl => match tls {
                 Some(config) if client.is_tcp() => {
                     client.write_all(b"S").await.map_err(StartupError::Io)?;
-                    client
-                        .upgrade_to_tls(config.clone())
-                        .await
-                        .map_err(HandshakeError::Tls)?;
+                    client.upgrade_to_tls(config.clone()).await.map_err(HandshakeError::Tls)?;
                 }
                 _ => client.write_all(b"N").await.map_err(StartupError::Io)?,
             },
             StartupRequest::GssEnc => client.write_all(b"N").await.map_err(StartupError::Io)?,
             StartupRequest::Cancel(key) => return Ok(Some(Handshake::Cancel(key))),
-            StartupRequest::Startup {
-                minor,
-                params,
-                protocol_options,
-            } => {
-                return Ok(Some(Handshake::Session(SessionStartup {
-                    minor,
-                    params,
-                    protocol_options,
-                })));
+            StartupRequest::Startup { minor, params, protocol_options } => {
+                return Ok(Some(Handshake::Session(SessionStartup { minor, params, protocol_options })));
             }
         }
     }

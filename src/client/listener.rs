@@ -81,10 +81,7 @@ impl Listener {
     /// What it listens on, for logs.
     pub fn describe(&self) -> String {
         match self {
-            Listener::Tcp(listener) => listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
+            Listener::Tcp(listener) => listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             Listener::Unix(_, path) => path.display().to_string(),
         }
     }

@@ -50,9 +50,7 @@ pub enum SessionError {
     #[error("no startup message within {}s", .0.as_secs())]
     StartupTimeout(Duration),
     /// The client connected from an address the proxy does not trust.
-    #[error(
-        "connections from {0} are not accepted: lakebase-proxy trusts only loopback and unix-socket clients"
-    )]
+    #[error("connections from {0} are not accepted: lakebase-proxy trusts only loopback and unix-socket clients")]
     UntrustedPeer(String),
     /// A replication connection was asked for.
     #[error("replication connections are not supported through lakebase-proxy")]
@@ -76,19 +74,16 @@ pub enum SessionError {
 
 impl UserFacing for SessionError {
     fn to_client(&self) -> ErrorFields {
-        let fatal =
-            |code| ErrorFields::new(Severity::Fatal, code, format!("lakebase-proxy: {self}"));
+        let fatal = |code| ErrorFields::new(Severity::Fatal, code, format!("lakebase-proxy: {self}"));
         match self {
             SessionError::Handshake(error) => error.to_client(),
             SessionError::Checkout(error) => error.to_client(),
-            SessionError::StartupTimeout(_) | SessionError::ClientProtocol(_) => {
-                fatal(sqlstate::PROTOCOL_VIOLATION)
-            }
+            SessionError::StartupTimeout(_) | SessionError::ClientProtocol(_) => fatal(sqlstate::PROTOCOL_VIOLATION),
             SessionError::UntrustedPeer(_) => fatal(sqlstate::INVALID_AUTHORIZATION),
             SessionError::Replication => fatal(sqlstate::FEATURE_NOT_SUPPORTED),
-            SessionError::ClientIo(_)
-            | SessionError::UpstreamLost(_)
-            | SessionError::UpstreamProtocol(_) => fatal(sqlstate::CONNECTION_FAILURE),
+            SessionError::ClientIo(_) | SessionError::UpstreamLost(_) | SessionError::UpstreamProtocol(_) => {
+                fatal(sqlstate::CONNECTION_FAILURE)
+            }
         }
     }
 }
@@ -129,17 +124,10 @@ pub async fn serve(mut client: ClientStream, peer: Peer, ctx: Arc<TargetContext>
     .await
 }
 
-async fn run(
-    client: &mut ClientStream,
-    peer: &Peer,
-    ctx: &TargetContext,
-) -> Result<SessionEnd, SessionError> {
-    let handshake = tokio::time::timeout(
-        ctx.startup_timeout,
-        negotiate(client, ctx.client_tls.as_ref()),
-    )
-    .await
-    .map_err(|_| SessionError::StartupTimeout(ctx.startup_timeout))??;
+async fn run(client: &mut ClientStream, peer: &Peer, ctx: &TargetContext) -> Result<SessionEnd, SessionError> {
+    let handshake = tokio::time::timeout(ctx.startup_timeout, negotiate(client, ctx.client_tls.as_ref()))
+        .await
+        .map_err(|_| SessionError::StartupTimeout(ctx.startup_timeout))??;
     let startup = match handshake {
         None => return Ok(SessionEnd::NoStartup),
         Some(Handshake::Cancel(key)) => {
@@ -178,16 +166,10 @@ async fn eager_session(
     let mut greeting = BytesMut::new();
     request.write_greeting(
         &mut greeting,
-        connection
-            .server_params()
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str())),
+        connection.server_params().iter().map(|(n, v)| (n.as_str(), v.as_str())),
         key,
     );
-    client
-        .write_all(&greeting)
-        .await
-        .map_err(SessionError::ClientIo)?;
+    client.write_all(&greeting).await.map_err(SessionError::ClientIo)?;
     client.flush().await.map_err(SessionError::ClientIo)?;
     attach(client, lease, key, &[], ctx).await
 }
@@ -201,24 +183,14 @@ async fn lazy_session(
     greeting_params: &[(String, String)],
     ctx: &TargetContext,
 ) -> Result<SessionEnd, SessionError> {
-    let key = CancelKey {
-        pid: rand::rng().random_range(1..i32::MAX),
-        secret: rand::rng().random(),
-    };
+    let key = CancelKey { pid: rand::rng().random_range(1..i32::MAX), secret: rand::rng().random() };
     let overlaid = greeting_params.iter().map(|(name, value)| {
-        let asked = request
-            .params
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v);
+        let asked = request.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v);
         (name.as_str(), asked.unwrap_or(value.as_str()))
     });
     let mut greeting = BytesMut::new();
     request.write_greeting(&mut greeting, overlaid, key);
-    client
-        .write_all(&greeting)
-        .await
-        .map_err(SessionError::ClientIo)?;
+    client.write_all(&greeting).await.map_err(SessionError::ClientIo)?;
     client.flush().await.map_err(SessionError::ClientIo)?;
     let first = client.read_some().await.map_err(SessionError::ClientIo)?;
     if first.first().is_none_or(|&tag| tag == b'X') {
@@ -239,24 +211,15 @@ async fn attach(
 ) -> Result<SessionEnd, SessionError> {
     let connection = lease.connection();
     tracing::Span::current().record("upstream_pid", connection.key().pid);
-    let _cancel_route = ctx.cancels.register(
-        client_key,
-        CancelRoute {
-            upstream: ctx.pools.upstream().clone(),
-            key: connection.key(),
-        },
-    );
+    let _cancel_route =
+        ctx.cancels.register(client_key, CancelRoute { upstream: ctx.pools.upstream().clone(), key: connection.key() });
     let mut relay = Relay::default();
-    relay
-        .preload(client_bytes, &connection.take_leftover())
-        .map_err(SessionError::ClientProtocol)?;
+    relay.preload(client_bytes, &connection.take_leftover()).map_err(SessionError::ClientProtocol)?;
     let end = relay.run(client, connection.stream_mut()).await;
     lease.release(relay.upstream_reusable(&end), relay.state.used);
     match end {
         RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => Ok(SessionEnd::ClientDone),
-        RelayEnd::UpstreamGone(_) if relay.state.last_upstream_message == b'E' => {
-            Ok(SessionEnd::UpstreamEnded)
-        }
+        RelayEnd::UpstreamGone(_) if relay.state.last_upstream_message == b'E' => Ok(SessionEnd::UpstreamEnded),
         RelayEnd::UpstreamGone(error) => Err(SessionError::UpstreamLost(error)),
         RelayEnd::ClientProtocolViolation(error) => Err(SessionError::ClientProtocol(error)),
         RelayEnd::UpstreamProtocolViolation(error) => Err(SessionError::UpstreamProtocol(error)),
@@ -276,11 +239,7 @@ impl SessionRequest {
     /// it names one, else the client's. The database is the client's, except that a client
     /// naming none, or libpq's default (the user name), gets the target's database.
     fn new(mut startup: SessionStartup, target: &Target) -> Result<SessionRequest, SessionError> {
-        if startup
-            .params
-            .get("replication")
-            .is_some_and(|v| v != "false" && v != "off" && v != "0")
-        {
+        if startup.params.get("replication").is_some_and(|v| v != "false" && v != "off" && v != "0") {
             return Err(SessionError::Replication);
         }
         let mut params = startup.params.clone();
@@ -296,24 +255,11 @@ impl SessionRequest {
         let user = target.user.clone().unwrap_or(client_user);
         let options = params.get("options").map(str::to_owned);
         startup.params = StartupParams::default();
-        Ok(SessionRequest {
-            key: PoolKey {
-                database,
-                user,
-                options,
-            },
-            params,
-            startup,
-        })
+        Ok(SessionRequest { key: PoolKey { database, user, options }, params, startup })
     }
 
     /// Writes the messages that complete a client's login.
-    fn write_greeting<'a>(
-        &self,
-        buf: &mut BytesMut,
-        params: impl Iterator<Item = (&'a str, &'a str)>,
-        key: CancelKey,
-    ) {
+    fn write_greeting<'a>(&self, buf: &mut BytesMut, params: impl Iterator<Item = (&'a str, &'a str)>, key: CancelKey) {
         if self.startup.needs_negotiation() {
             messages::negotiate_protocol_version(buf, 0, &self.startup.protocol_options);
         }
@@ -331,62 +277,35 @@ mod tests {
     use super::*;
 
     fn request(params: &[(&str, &str)], target: &str) -> SessionRequest {
-        let startup = SessionStartup {
-            minor: 0,
-            params: params.iter().copied().collect(),
-            protocol_options: vec![],
-        };
+        let startup = SessionStartup { minor: 0, params: params.iter().copied().collect(), protocol_options: vec![] };
         SessionRequest::new(startup, &target.parse().unwrap()).unwrap()
     }
 
     #[test]
     fn libpq_defaults_land_in_the_target_database() {
         let r = request(
-            &[
-                ("user", "root"),
-                ("database", "root"),
-                ("application_name", "psql"),
-            ],
+            &[("user", "root"), ("database", "root"), ("application_name", "psql")],
             "postgresql://app@h/sales",
         );
-        assert_eq!(
-            r.key,
-            PoolKey {
-                database: "sales".into(),
-                user: "app".into(),
-                options: None
-            }
-        );
+        assert_eq!(r.key, PoolKey { database: "sales".into(), user: "app".into(), options: None });
         assert_eq!(r.params.get("application_name"), Some("psql"));
         assert_eq!(r.params.get("user"), None);
     }
 
     #[test]
     fn an_explicit_database_wins() {
-        let r = request(
-            &[
-                ("user", "root"),
-                ("database", "other"),
-                ("options", "-c x=1"),
-            ],
-            "postgresql://app@h/sales",
-        );
+        let r = request(&[("user", "root"), ("database", "other"), ("options", "-c x=1")], "postgresql://app@h/sales");
         assert_eq!(r.key.database, "other");
         assert_eq!(r.key.options.as_deref(), Some("-c x=1"));
         let r = request(&[("user", "bob")], "postgresql://h");
-        assert_eq!(
-            (r.key.user.as_str(), r.key.database.as_str()),
-            ("bob", "bob")
-        );
+        assert_eq!((r.key.user.as_str(), r.key.database.as_str()), ("bob", "bob"));
     }
 
     #[test]
     fn replication_is_refused() {
         let startup = SessionStartup {
             minor: 0,
-            params: [("user", "a"), ("replication", "database")]
-                .into_iter()
-                .collect(),
+            params: [("user", "a"), ("replication", "database")].into_iter().collect(),
             protocol_options: vec![],
         };
         assert!(matches!(

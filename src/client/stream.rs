@@ -25,9 +25,7 @@ impl ClientStream {
     /// Performs the server side of a TLS handshake on a TCP stream in place.
     pub async fn upgrade_to_tls(&mut self, config: Arc<rustls::ServerConfig>) -> io::Result<()> {
         let ClientStream::Tcp(tcp) = std::mem::replace(self, ClientStream::Upgrading) else {
-            return Err(io::Error::other(
-                "TLS is only offered on plain TCP connections",
-            ));
+            return Err(io::Error::other("TLS is only offered on plain TCP connections"));
         };
         *self = ClientStream::Tls(Box::new(TlsAcceptor::from(config).accept(tcp).await?));
         Ok(())
@@ -64,21 +62,13 @@ macro_rules! delegate {
 }
 
 impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         delegate!(self, s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
 impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         delegate!(self, s => Pin::new(s).poll_write(cx, buf))
     }
 

@@ -17,10 +17,7 @@ pub struct RefreshPolicy {
 
 impl Default for RefreshPolicy {
     fn default() -> Self {
-        RefreshPolicy {
-            assumed_lifetime: Duration::from_secs(600),
-            expiry_margin: Duration::from_secs(30),
-        }
+        RefreshPolicy { assumed_lifetime: Duration::from_secs(600), expiry_margin: Duration::from_secs(30) }
     }
 }
 
@@ -62,12 +59,7 @@ pub struct CredentialCache {
 impl CredentialCache {
     /// A cache over `source`; call [`CredentialCache::spawn_refresher`] to keep it warm.
     pub fn new(source: Box<dyn CredentialSource>, policy: RefreshPolicy) -> Arc<CredentialCache> {
-        Arc::new(CredentialCache {
-            source,
-            policy,
-            state: Mutex::default(),
-            fetch_lock: tokio::sync::Mutex::new(()),
-        })
+        Arc::new(CredentialCache { source, policy, state: Mutex::default(), fetch_lock: tokio::sync::Mutex::new(()) })
     }
 
     /// What the source is, for logs and errors.
@@ -131,19 +123,12 @@ impl CredentialCache {
 
     fn schedule(&self, credential: Credential, now: SystemTime) -> Cached {
         let stale_at = match credential.expires_at {
-            Some(expiry) => expiry
-                .checked_sub(self.policy.expiry_margin)
-                .unwrap_or(expiry),
+            Some(expiry) => expiry.checked_sub(self.policy.expiry_margin).unwrap_or(expiry),
             None => now + self.policy.assumed_lifetime,
         };
         let lifetime = stale_at.duration_since(now).unwrap_or_default();
         let share = REFRESH_AT + rand::rng().random_range(0.0..REFRESH_JITTER);
-        Cached {
-            credential,
-            fetched_at: now,
-            refresh_at: now + lifetime.mul_f64(share),
-            stale_at,
-        }
+        Cached { credential, fetched_at: now, refresh_at: now + lifetime.mul_f64(share), stale_at }
     }
 
     /// Keeps the cache warm until the returned task is aborted: fetches now, then again ahead
@@ -155,21 +140,14 @@ impl CredentialCache {
             loop {
                 let (due, generation) = {
                     let state = cache.state.lock().unwrap();
-                    (
-                        state.current.as_ref().map(|c| c.refresh_at),
-                        state.generation,
-                    )
+                    (state.current.as_ref().map(|c| c.refresh_at), state.generation)
                 };
-                let wait = due
-                    .and_then(|due| due.duration_since(SystemTime::now()).ok())
-                    .unwrap_or_default();
+                let wait = due.and_then(|due| due.duration_since(SystemTime::now()).ok()).unwrap_or_default();
                 if !wait.is_zero() {
                     tokio::time::sleep(wait.min(MAX_SLEEP)).await;
                     continue;
                 }
-                if cache.refresh(generation).await.is_ok()
-                    && cache.state.lock().unwrap().last_error.is_none()
-                {
+                if cache.refresh(generation).await.is_ok() && cache.state.lock().unwrap().last_error.is_none() {
                     backoff = BACKOFF_START;
                 } else {
                     let jittered = backoff.mul_f64(rand::rng().random_range(0.8..1.2));
@@ -240,15 +218,8 @@ mod tests {
 
     fn cache(fail: bool, lifetime: Option<Duration>) -> (Arc<CredentialCache>, Arc<AtomicU32>) {
         let calls = Arc::new(AtomicU32::new(0));
-        let source = Counting {
-            calls: calls.clone(),
-            fail,
-            lifetime,
-        };
-        (
-            CredentialCache::new(Box::new(source), RefreshPolicy::default()),
-            calls,
-        )
+        let source = Counting { calls: calls.clone(), fail, lifetime };
+        (CredentialCache::new(Box::new(source), RefreshPolicy::default()), calls)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,10 +251,7 @@ mod tests {
     #[tokio::test]
     async fn failures_surface_when_nothing_is_cached() {
         let (cache, _) = cache(true, None);
-        assert!(matches!(
-            cache.get().await,
-            Err(CredentialError::Unavailable(_))
-        ));
+        assert!(matches!(cache.get().await, Err(CredentialError::Unavailable(_))));
         assert_eq!(cache.status().last_error.as_deref(), Some("down"));
     }
 
@@ -298,11 +266,7 @@ mod tests {
             seen.push(calls.load(Ordering::SeqCst));
         }
         refresher.abort();
-        let first_second_with = |n: u32| {
-            seen.iter()
-                .position(|&c| c >= n)
-                .map(|i| (i + 1) as f64 / 10.0)
-        };
+        let first_second_with = |n: u32| seen.iter().position(|&c| c >= n).map(|i| (i + 1) as f64 / 10.0);
         assert_eq!(first_second_with(1), Some(0.1));
         let second = first_second_with(2).unwrap();
         let third = first_second_with(3).unwrap();
@@ -317,19 +281,11 @@ mod tests {
     fn refresh_is_scheduled_ahead_of_staleness() {
         let (cache, _) = cache(false, None);
         let now = SystemTime::now();
-        let cached = cache.schedule(
-            Credential {
-                secret: Secret::new("x"),
-                expires_at: Some(now + Duration::from_secs(3600)),
-            },
-            now,
-        );
+        let cached = cache
+            .schedule(Credential { secret: Secret::new("x"), expires_at: Some(now + Duration::from_secs(3600)) }, now);
         let refresh_in = cached.refresh_at.duration_since(now).unwrap().as_secs_f64();
         let stale_in = cached.stale_at.duration_since(now).unwrap().as_secs_f64();
         assert_eq!(stale_in, 3570.0);
-        assert!(
-            (0.75 * 3570.0..=0.85 * 3570.0).contains(&refresh_in),
-            "{refresh_in}"
-        );
+        assert!((0.75 * 3570.0..=0.85 * 3570.0).contains(&refresh_in), "{refresh_in}");
     }
 }

@@ -31,8 +31,7 @@ impl CredentialSource for CommandSource {
 
     fn fetch(&self) -> BoxFuture<'_, Result<Credential, CredentialError>> {
         Box::pin(async move {
-            let unavailable =
-                |what: String| CredentialError::Unavailable(format!("{} {what}", self.describe()));
+            let unavailable = |what: String| CredentialError::Unavailable(format!("{} {what}", self.describe()));
             let child = Command::new("sh")
                 .arg("-c")
                 .arg(&self.command_line)
@@ -44,36 +43,18 @@ impl CredentialSource for CommandSource {
                 .map_err(|error| unavailable(format!("could not start: {error}")))?;
             let output = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
                 .await
-                .map_err(|_| {
-                    unavailable(format!(
-                        "did not finish within {}s",
-                        COMMAND_TIMEOUT.as_secs()
-                    ))
-                })?
+                .map_err(|_| unavailable(format!("did not finish within {}s", COMMAND_TIMEOUT.as_secs())))?
                 .map_err(|error| unavailable(format!("failed: {error}")))?;
             if !output.status.success() {
                 // stderr is shown (it explains the failure); stdout never is: it may hold a secret.
                 let stderr = String::from_utf8_lossy(&output.stderr);
-                let reason: String = stderr
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .chars()
-                    .take(300)
-                    .collect();
-                return Err(unavailable(format!(
-                    "exited with {}: {reason}",
-                    output.status
-                )));
+                let reason: String = stderr.lines().next().unwrap_or("").chars().take(300).collect();
+                return Err(unavailable(format!("exited with {}: {reason}", output.status)));
             }
-            let stdout = String::from_utf8(output.stdout)
-                .map_err(|_| unavailable("printed non-UTF-8 output".into()))?;
-            let password =
-                first_line(&stdout).ok_or_else(|| unavailable("printed nothing".into()))?;
-            Ok(Credential {
-                secret: Secret::new(password),
-                expires_at: None,
-            })
+            let stdout =
+                String::from_utf8(output.stdout).map_err(|_| unavailable("printed non-UTF-8 output".into()))?;
+            let password = first_line(&stdout).ok_or_else(|| unavailable("printed nothing".into()))?;
+            Ok(Credential { secret: Secret::new(password), expires_at: None })
         })
     }
 }

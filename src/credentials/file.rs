@@ -25,18 +25,10 @@ impl CredentialSource for FileSource {
         Box::pin(async move {
             let contents = tokio::fs::read_to_string(&self.path)
                 .await
-                .map_err(|error| {
-                    CredentialError::Unavailable(format!(
-                        "cannot read {}: {error}",
-                        self.describe()
-                    ))
-                })?;
+                .map_err(|error| CredentialError::Unavailable(format!("cannot read {}: {error}", self.describe())))?;
             let password = first_line(&contents)
                 .ok_or_else(|| CredentialError::Refused(format!("{} is empty", self.describe())))?;
-            Ok(Credential {
-                secret: Secret::new(password),
-                expires_at: None,
-            })
+            Ok(Credential { secret: Secret::new(password), expires_at: None })
         })
     }
 }
@@ -69,9 +61,6 @@ mod tests {
         std::fs::write(&path, "two\n").unwrap();
         assert_eq!(source.fetch().await.unwrap().secret.expose(), "two");
         std::fs::write(&path, "").unwrap();
-        assert!(matches!(
-            source.fetch().await,
-            Err(CredentialError::Refused(_))
-        ));
+        assert!(matches!(source.fetch().await, Err(CredentialError::Refused(_))));
     }
 }

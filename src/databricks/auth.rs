@@ -69,11 +69,7 @@ pub enum AuthError {
 /// Picks the method `config` describes: the forced `auth_type`, else the only one configured,
 /// else the Databricks CLI.
 pub fn choose_method(config: &WorkspaceConfig) -> Result<AuthMethod, AuthError> {
-    let found = if config.sources.is_empty() {
-        "nothing found".to_owned()
-    } else {
-        config.sources.join(", ")
-    };
+    let found = if config.sources.is_empty() { "nothing found".to_owned() } else { config.sources.join(", ") };
     if config.host.is_none() {
         return Err(AuthError::NoHost { found });
     }
@@ -85,18 +81,10 @@ pub fn choose_method(config: &WorkspaceConfig) -> Result<AuthMethod, AuthError> 
         return match auth_type.as_str() {
             "pat" if config.token.is_some() => Ok(AuthMethod::Pat),
             "pat" => Err(unusable(auth_type, "no token is configured")),
-            "oauth-m2m" if config.client_id.is_some() && config.client_secret.is_some() => {
-                Ok(AuthMethod::OAuthM2m)
-            }
-            "oauth-m2m" => Err(unusable(
-                auth_type,
-                "client_id and client_secret are both needed",
-            )),
+            "oauth-m2m" if config.client_id.is_some() && config.client_secret.is_some() => Ok(AuthMethod::OAuthM2m),
+            "oauth-m2m" => Err(unusable(auth_type, "client_id and client_secret are both needed")),
             "databricks-cli" => Ok(AuthMethod::DatabricksCli),
-            other => Err(unusable(
-                other,
-                "lakebase-proxy supports pat, oauth-m2m and databricks-cli",
-            )),
+            other => Err(unusable(other, "lakebase-proxy supports pat, oauth-m2m and databricks-cli")),
         };
     }
     let mut configured = Vec::new();
@@ -109,10 +97,9 @@ pub fn choose_method(config: &WorkspaceConfig) -> Result<AuthMethod, AuthError> 
     match configured.as_slice() {
         [] => Ok(AuthMethod::DatabricksCli),
         [one] => Ok(*one),
-        many => Err(AuthError::Ambiguous {
-            methods: many.iter().map(|m| m.name()).collect::<Vec<_>>().join(", "),
-            found,
-        }),
+        many => {
+            Err(AuthError::Ambiguous { methods: many.iter().map(|m| m.name()).collect::<Vec<_>>().join(", "), found })
+        }
     }
 }
 
@@ -125,12 +112,7 @@ impl CredentialSource for PatSource {
     }
 
     fn fetch(&self) -> BoxFuture<'_, Result<Credential, CredentialError>> {
-        Box::pin(async move {
-            Ok(Credential {
-                secret: self.0.clone(),
-                expires_at: None,
-            })
-        })
+        Box::pin(async move { Ok(Credential { secret: self.0.clone(), expires_at: None }) })
     }
 }
 
@@ -161,10 +143,7 @@ impl M2mSource {
         }
         let url = format!("{}/oidc/.well-known/oauth-authorization-server", self.host);
         match self.http.get(&url).send().await {
-            Ok(response) if response.status().is_success() => match response
-                .json::<Discovery>()
-                .await
-            {
+            Ok(response) if response.status().is_success() => match response.json::<Discovery>().await {
                 Ok(discovery) => return discovery.token_endpoint,
                 Err(error) => tracing::debug!(%error, "OIDC discovery returned no token endpoint"),
             },
@@ -191,30 +170,18 @@ impl CredentialSource for M2mSource {
                 .send()
                 .await
                 .map_err(|error| {
-                    CredentialError::Unavailable(format!(
-                        "OAuth token request to {endpoint} failed: {error}"
-                    ))
+                    CredentialError::Unavailable(format!("OAuth token request to {endpoint} failed: {error}"))
                 })?;
             let status = response.status();
             let body = response.text().await.unwrap_or_default();
             if !status.is_success() {
-                return Err(
-                    error_from_body(&Method::POST, "/oidc/v1/token", status, &body)
-                        .into_credential_error(),
-                );
+                return Err(error_from_body(&Method::POST, "/oidc/v1/token", status, &body).into_credential_error());
             }
             let token: TokenResponse = serde_json::from_str(&body).map_err(|error| {
-                CredentialError::Unavailable(format!(
-                    "OAuth token response was not understood: {error}"
-                ))
+                CredentialError::Unavailable(format!("OAuth token response was not understood: {error}"))
             })?;
-            let expires_at = token
-                .expires_in
-                .map(|seconds| SystemTime::now() + Duration::from_secs(seconds));
-            Ok(Credential {
-                secret: Secret::new(token.access_token),
-                expires_at,
-            })
+            let expires_at = token.expires_in.map(|seconds| SystemTime::now() + Duration::from_secs(seconds));
+            Ok(Credential { secret: Secret::new(token.access_token), expires_at })
         })
     }
 }
@@ -244,21 +211,22 @@ impl CredentialSource for CliSource {
                 None => command.args(["--host", &self.host]),
             };
             let login_hint = format!("run `databricks auth login --host {}`", self.host);
-            let output = tokio::time::timeout(Duration::from_secs(60), command.stdin(Stdio::null()).kill_on_drop(true).output())
-                .await
-                .map_err(|_| CredentialError::Unavailable(format!("{} did not answer within 60s", self.describe())))?
-                .map_err(|error| {
-                    CredentialError::Refused(format!("cannot run the Databricks CLI `{}`: {error}; install it or set DATABRICKS_CLI_PATH", self.program))
-                })?;
+            let output =
+                tokio::time::timeout(Duration::from_secs(60), command.stdin(Stdio::null()).kill_on_drop(true).output())
+                    .await
+                    .map_err(|_| {
+                        CredentialError::Unavailable(format!("{} did not answer within 60s", self.describe()))
+                    })?
+                    .map_err(|error| {
+                        CredentialError::Refused(format!(
+                            "cannot run the Databricks CLI `{}`: {error}; install it or set DATABRICKS_CLI_PATH",
+                            self.program
+                        ))
+                    })?;
             if !output.status.success() {
                 let stderr = String::from_utf8_lossy(&output.stderr);
-                let reason: String = stderr
-                    .lines()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("")
-                    .chars()
-                    .take(300)
-                    .collect();
+                let reason: String =
+                    stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("").chars().take(300).collect();
                 return Err(CredentialError::Refused(format!(
                     "`databricks auth token` failed: {reason}; {login_hint}"
                 )));
@@ -269,29 +237,23 @@ impl CredentialSource for CliSource {
                 expiry: Option<String>,
             }
             let token: CliToken = serde_json::from_slice(&output.stdout).map_err(|error| {
-                CredentialError::Unavailable(format!(
-                    "`databricks auth token` printed something unexpected: {error}"
-                ))
+                CredentialError::Unavailable(format!("`databricks auth token` printed something unexpected: {error}"))
             })?;
             let expires_at = match token.expiry.as_deref() {
-                Some(text) => Some(parse_rfc3339(text).ok_or_else(|| {
-                    CredentialError::Unavailable(format!("unreadable token expiry {text:?}"))
-                })?),
+                Some(text) => Some(
+                    parse_rfc3339(text)
+                        .ok_or_else(|| CredentialError::Unavailable(format!("unreadable token expiry {text:?}")))?,
+                ),
                 None => None,
             };
-            Ok(Credential {
-                secret: Secret::new(token.access_token),
-                expires_at,
-            })
+            Ok(Credential { secret: Secret::new(token.access_token), expires_at })
         })
     }
 }
 
 /// Parses an RFC 3339 timestamp with any offset and optional fractional seconds.
 pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
-    let parsed =
-        time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
-            .ok()?;
+    let parsed = time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339).ok()?;
     Some(SystemTime::from(parsed))
 }
 
@@ -313,50 +275,24 @@ mod tests {
 
     #[test]
     fn method_choice_follows_the_sdks() {
-        assert_eq!(
-            choose_method(&config(true, false, None)).unwrap(),
-            AuthMethod::Pat
-        );
-        assert_eq!(
-            choose_method(&config(false, true, None)).unwrap(),
-            AuthMethod::OAuthM2m
-        );
-        assert_eq!(
-            choose_method(&config(false, false, None)).unwrap(),
-            AuthMethod::DatabricksCli
-        );
-        let error = choose_method(&config(true, true, None))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            error.contains("pat, oauth-m2m") && error.contains("auth_type"),
-            "{error}"
-        );
-        assert_eq!(
-            choose_method(&config(true, true, Some("oauth-m2m"))).unwrap(),
-            AuthMethod::OAuthM2m
-        );
+        assert_eq!(choose_method(&config(true, false, None)).unwrap(), AuthMethod::Pat);
+        assert_eq!(choose_method(&config(false, true, None)).unwrap(), AuthMethod::OAuthM2m);
+        assert_eq!(choose_method(&config(false, false, None)).unwrap(), AuthMethod::DatabricksCli);
+        let error = choose_method(&config(true, true, None)).unwrap_err().to_string();
+        assert!(error.contains("pat, oauth-m2m") && error.contains("auth_type"), "{error}");
+        assert_eq!(choose_method(&config(true, true, Some("oauth-m2m"))).unwrap(), AuthMethod::OAuthM2m);
         assert!(choose_method(&config(false, false, Some("pat"))).is_err());
         assert!(choose_method(&config(false, false, Some("azure-cli"))).is_err());
         let mut no_host = config(true, false, None);
         no_host.host = None;
-        assert!(
-            choose_method(&no_host)
-                .unwrap_err()
-                .to_string()
-                .contains("databricks auth login")
-        );
+        assert!(choose_method(&no_host).unwrap_err().to_string().contains("databricks auth login"));
     }
 
     #[test]
     fn rfc3339_with_offsets_and_fractions() {
         let utc = parse_rfc3339("2026-11-27T10:00:00Z").unwrap();
         assert_eq!(
-            parse_rfc3339("2026-11-27T11:00:00.123456+01:00")
-                .unwrap()
-                .duration_since(utc)
-                .unwrap()
-                .as_millis(),
+            parse_rfc3339("2026-11-27T11:00:00.123456+01:00").unwrap().duration_since(utc).unwrap().as_millis(),
             123
         );
         assert!(parse_rfc3339("yesterday").is_none());

@@ -109,12 +109,7 @@ impl ApiClient {
         token: Arc<CredentialCache>,
         workspace_id: Option<String>,
     ) -> ApiClient {
-        ApiClient {
-            http,
-            host,
-            token,
-            workspace_id,
-        }
+        ApiClient { http, host, token, workspace_id }
     }
 
     /// The workspace URL.
@@ -123,20 +118,12 @@ impl ApiClient {
     }
 
     /// GET `path` with `query`, decoding JSON.
-    pub async fn get<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        query: &[(&str, &str)],
-    ) -> Result<T, ApiError> {
+    pub async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T, ApiError> {
         self.call(Method::GET, path, query, None::<&()>).await
     }
 
     /// POST `body` as JSON to `path`, decoding JSON.
-    pub async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ApiError> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ApiError> {
         self.call(Method::POST, path, &[], Some(body)).await
     }
 
@@ -151,11 +138,7 @@ impl ApiClient {
         let mut backoff = BACKOFF_START;
         for attempt in 1..=ATTEMPTS {
             let token = self.token.get().await?;
-            let mut request = self
-                .http
-                .request(method.clone(), &url)
-                .bearer_auth(token.expose())
-                .query(query);
+            let mut request = self.http.request(method.clone(), &url).bearer_auth(token.expose()).query(query);
             if let Some(id) = &self.workspace_id {
                 request = request.header("X-Databricks-Workspace-Id", id);
             }
@@ -164,24 +147,14 @@ impl ApiClient {
             }
             let (error, retry_after) = match request.send().await {
                 Ok(response) if response.status().is_success() => {
-                    let text = response
-                        .text()
-                        .await
-                        .map_err(|e| transport(&method, path, &e))?;
-                    return serde_json::from_str(&text).map_err(|e| ApiError::Decode {
-                        path: path.to_owned(),
-                        reason: e.to_string(),
-                    });
+                    let text = response.text().await.map_err(|e| transport(&method, path, &e))?;
+                    return serde_json::from_str(&text)
+                        .map_err(|e| ApiError::Decode { path: path.to_owned(), reason: e.to_string() });
                 }
                 Ok(response) => {
                     let retry_after = retry_after(&response);
                     let status = response.status();
-                    let error = error_from_body(
-                        &method,
-                        path,
-                        status,
-                        &response.text().await.unwrap_or_default(),
-                    );
+                    let error = error_from_body(&method, path, status, &response.text().await.unwrap_or_default());
                     if !retryable(status) {
                         return Err(error);
                     }
@@ -192,8 +165,7 @@ impl ApiClient {
             if attempt == ATTEMPTS {
                 return Err(error);
             }
-            let wait =
-                retry_after.unwrap_or_else(|| backoff.mul_f64(rand::rng().random_range(0.8..1.2)));
+            let wait = retry_after.unwrap_or_else(|| backoff.mul_f64(rand::rng().random_range(0.8..1.2)));
             warn!(%error, attempt, retry_in = ?wait, "Databricks API call failed; retrying");
             tokio::time::sleep(wait).await;
             backoff *= 2;
@@ -208,14 +180,7 @@ fn retryable(status: StatusCode) -> bool {
 
 /// `Retry-After` in seconds (the form Databricks sends), capped.
 pub(super) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    let seconds: u64 = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let seconds: u64 = response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
     Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
 
@@ -229,20 +194,11 @@ fn transport(method: &Method, path: &str, error: &reqwest::Error) -> ApiError {
         source = cause.source();
     }
     debug!(%reason, "transport error");
-    ApiError::Transport {
-        method: method.to_string(),
-        path: path.to_owned(),
-        reason,
-    }
+    ApiError::Transport { method: method.to_string(), path: path.to_owned(), reason }
 }
 
 /// Reads `{"error_code", "message"}` (or OAuth's `{"error", "error_description"}`).
-pub(super) fn error_from_body(
-    method: &Method,
-    path: &str,
-    status: StatusCode,
-    body: &str,
-) -> ApiError {
+pub(super) fn error_from_body(method: &Method, path: &str, status: StatusCode, body: &str) -> ApiError {
     #[derive(serde::Deserialize, Default)]
     struct Body {
         error_code: Option<String>,
@@ -256,14 +212,8 @@ pub(super) fn error_from_body(
         method: method.to_string(),
         path: path.to_owned(),
         status: status.as_u16(),
-        code: parsed
-            .error_code
-            .or(parsed.error)
-            .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned()),
-        message: parsed
-            .message
-            .or(parsed.error_description)
-            .unwrap_or(snippet),
+        code: parsed.error_code.or(parsed.error).unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned()),
+        message: parsed.message.or(parsed.error_description).unwrap_or(snippet),
     }
 }
 
@@ -279,10 +229,7 @@ mod tests {
             StatusCode::NOT_FOUND,
             r#"{"error_code":"NOT_FOUND","message":"no such endpoint"}"#,
         );
-        assert_eq!(
-            error.to_string(),
-            "Databricks API GET /x failed: HTTP 404 NOT_FOUND: no such endpoint"
-        );
+        assert_eq!(error.to_string(), "Databricks API GET /x failed: HTTP 404 NOT_FOUND: no such endpoint");
         let error = error_from_body(
             &Method::POST,
             "/oidc/v1/token",
@@ -290,19 +237,8 @@ mod tests {
             r#"{"error":"invalid_client","error_description":"bad"}"#,
         );
         assert!(error.to_string().contains("invalid_client: bad"));
-        assert!(matches!(
-            error.into_credential_error(),
-            CredentialError::Refused(_)
-        ));
-        let error = error_from_body(
-            &Method::GET,
-            "/x",
-            StatusCode::SERVICE_UNAVAILABLE,
-            "<html>",
-        );
-        assert!(matches!(
-            error.into_credential_error(),
-            CredentialError::Unavailable(_)
-        ));
+        assert!(matches!(error.into_credential_error(), CredentialError::Refused(_)));
+        let error = error_from_body(&Method::GET, "/x", StatusCode::SERVICE_UNAVAILABLE, "<html>");
+        assert!(matches!(error.into_credential_error(), CredentialError::Unavailable(_)));
     }
 }

@@ -92,8 +92,7 @@ impl WorkspaceConfig {
         // As the SDKs do: without an explicit profile, settings already given (host or
         // credentials) mean the file is not consulted at all.
         let explicit_profile = config.profile.is_some();
-        let already_configured =
-            config.host.is_some() || config.token.is_some() || config.client_id.is_some();
+        let already_configured = config.host.is_some() || config.token.is_some() || config.client_id.is_some();
         if let Some(path) = path.filter(|_| explicit_profile || !already_configured) {
             config.merge_file(&path)?;
         }
@@ -102,13 +101,7 @@ impl WorkspaceConfig {
     }
 
     fn merge_explicit(&mut self, flags: &WorkspaceFlags) {
-        self.merge(
-            "command line",
-            &[
-                ("host", flags.host.clone()),
-                ("auth_type", flags.auth_type.clone()),
-            ],
-        );
+        self.merge("command line", &[("host", flags.host.clone()), ("auth_type", flags.auth_type.clone())]);
         self.profile = flags.profile.clone();
     }
 
@@ -141,16 +134,11 @@ impl WorkspaceConfig {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             // No file is fine unless a profile was asked for.
-            Err(error)
-                if error.kind() == std::io::ErrorKind::NotFound && self.profile.is_none() =>
-            {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && self.profile.is_none() => {
                 return Ok(());
             }
             Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                });
+                return Err(ConfigError::Read { path: path.to_owned(), source });
             }
         };
         let sections = parse_ini(&text);
@@ -163,17 +151,11 @@ impl WorkspaceConfig {
         });
         let Some(values) = sections.get(&profile) else {
             if explicit.is_some() {
-                return Err(ConfigError::NoSuchProfile {
-                    path: path.to_owned(),
-                    profile,
-                });
+                return Err(ConfigError::NoSuchProfile { path: path.to_owned(), profile });
             }
             return Ok(());
         };
-        let pairs: Vec<(&str, Option<String>)> = values
-            .iter()
-            .map(|(k, v)| (k.as_str(), Some(v.clone())))
-            .collect();
+        let pairs: Vec<(&str, Option<String>)> = values.iter().map(|(k, v)| (k.as_str(), Some(v.clone()))).collect();
         self.merge(&format!("{} [{profile}]", path.display()), &pairs);
         self.profile = Some(profile);
         Ok(())
@@ -183,15 +165,8 @@ impl WorkspaceConfig {
 /// Adds `https://`, strips a trailing `/` and a `:443`, as the SDKs do.
 pub fn normalize_host(host: &str) -> String {
     let host = host.trim().trim_end_matches('/');
-    let with_scheme = if host.contains("://") {
-        host.to_owned()
-    } else {
-        format!("https://{host}")
-    };
-    with_scheme
-        .strip_suffix(":443")
-        .map(str::to_owned)
-        .unwrap_or(with_scheme)
+    let with_scheme = if host.contains("://") { host.to_owned() } else { format!("https://{host}") };
+    with_scheme.strip_suffix(":443").map(str::to_owned).unwrap_or(with_scheme)
 }
 
 /// A minimal INI reader for `.databrickscfg`: `[section]` headers, `key = value` lines
@@ -221,14 +196,8 @@ fn parse_ini(text: &str) -> HashMap<String, HashMap<String, String>> {
 mod tests {
     use super::*;
 
-    fn resolve(
-        flags: WorkspaceFlags,
-        vars: &[(&str, &str)],
-    ) -> Result<WorkspaceConfig, ConfigError> {
-        let vars: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+    fn resolve(flags: WorkspaceFlags, vars: &[(&str, &str)]) -> Result<WorkspaceConfig, ConfigError> {
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         WorkspaceConfig::resolve(&flags, &|name| vars.get(name).cloned())
     }
 
@@ -246,50 +215,25 @@ mod tests {
 
     #[test]
     fn hosts_are_normalised() {
-        assert_eq!(
-            normalize_host("adb-1.azuredatabricks.net/"),
-            "https://adb-1.azuredatabricks.net"
-        );
-        assert_eq!(
-            normalize_host("https://x.cloud.databricks.com:443"),
-            "https://x.cloud.databricks.com"
-        );
-        assert_eq!(
-            normalize_host("http://127.0.0.1:8080"),
-            "http://127.0.0.1:8080"
-        );
+        assert_eq!(normalize_host("adb-1.azuredatabricks.net/"), "https://adb-1.azuredatabricks.net");
+        assert_eq!(normalize_host("https://x.cloud.databricks.com:443"), "https://x.cloud.databricks.com");
+        assert_eq!(normalize_host("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
     }
 
     #[test]
     fn default_profile_then_named_profile() {
         let (_dir, path) = config_file(FILE);
-        let config = resolve(
-            WorkspaceFlags::default(),
-            &[("DATABRICKS_CONFIG_FILE", &path)],
-        )
-        .unwrap();
-        assert_eq!(
-            config.host.as_deref(),
-            Some("https://default.cloud.databricks.com")
-        );
+        let config = resolve(WorkspaceFlags::default(), &[("DATABRICKS_CONFIG_FILE", &path)]).unwrap();
+        assert_eq!(config.host.as_deref(), Some("https://default.cloud.databricks.com"));
         assert_eq!(config.token.as_deref(), Some("dapi-default"));
-        let flags = WorkspaceFlags {
-            profile: Some("dev".into()),
-            ..Default::default()
-        };
+        let flags = WorkspaceFlags { profile: Some("dev".into()), ..Default::default() };
         let config = resolve(flags, &[("DATABRICKS_CONFIG_FILE", &path)]).unwrap();
-        assert_eq!(
-            config.host.as_deref(),
-            Some("https://dev.cloud.databricks.com")
-        );
+        assert_eq!(config.host.as_deref(), Some("https://dev.cloud.databricks.com"));
         assert_eq!(config.client_secret.as_deref(), Some("s=cr=t"));
         assert_eq!(config.token, None);
         let config = resolve(
             WorkspaceFlags::default(),
-            &[
-                ("DATABRICKS_CONFIG_FILE", &path),
-                ("DATABRICKS_CONFIG_PROFILE", "cli"),
-            ],
+            &[("DATABRICKS_CONFIG_FILE", &path), ("DATABRICKS_CONFIG_PROFILE", "cli")],
         )
         .unwrap();
         assert_eq!(config.auth_type.as_deref(), Some("databricks-cli"));
@@ -298,11 +242,7 @@ mod tests {
     #[test]
     fn settings_section_picks_the_default_profile() {
         let (_dir, path) = config_file(&format!("[__settings__]\ndefault_profile = dev\n{FILE}"));
-        let config = resolve(
-            WorkspaceFlags::default(),
-            &[("DATABRICKS_CONFIG_FILE", &path)],
-        )
-        .unwrap();
+        let config = resolve(WorkspaceFlags::default(), &[("DATABRICKS_CONFIG_FILE", &path)]).unwrap();
         assert_eq!(config.client_id.as_deref(), Some("abc"));
         assert_eq!(config.profile.as_deref(), Some("dev"));
     }
@@ -312,39 +252,17 @@ mod tests {
         let (_dir, path) = config_file(FILE);
         let config = resolve(
             WorkspaceFlags::default(),
-            &[
-                ("DATABRICKS_CONFIG_FILE", &path),
-                ("DATABRICKS_HOST", "env.cloud.databricks.com"),
-            ],
+            &[("DATABRICKS_CONFIG_FILE", &path), ("DATABRICKS_HOST", "env.cloud.databricks.com")],
         )
         .unwrap();
-        assert_eq!(
-            config.host.as_deref(),
-            Some("https://env.cloud.databricks.com")
-        );
+        assert_eq!(config.host.as_deref(), Some("https://env.cloud.databricks.com"));
         assert_eq!(config.token, None, "the file was not consulted");
-        let flags = WorkspaceFlags {
-            profile: Some("dev".into()),
-            ..Default::default()
-        };
-        let config = resolve(
-            flags,
-            &[
-                ("DATABRICKS_CONFIG_FILE", &path),
-                ("DATABRICKS_HOST", "env.cloud.databricks.com"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(
-            config.host.as_deref(),
-            Some("https://env.cloud.databricks.com"),
-            "env wins over the file"
-        );
-        assert_eq!(
-            config.client_id.as_deref(),
-            Some("abc"),
-            "the named profile fills the rest"
-        );
+        let flags = WorkspaceFlags { profile: Some("dev".into()), ..Default::default() };
+        let config =
+            resolve(flags, &[("DATABRICKS_CONFIG_FILE", &path), ("DATABRICKS_HOST", "env.cloud.databricks.com")])
+                .unwrap();
+        assert_eq!(config.host.as_deref(), Some("https://env.cloud.databricks.com"), "env wins over the file");
+        assert_eq!(config.client_id.as_deref(), Some("abc"), "the named profile fills the rest");
     }
 
     #[test]
@@ -355,31 +273,11 @@ mod tests {
             profile: Some("dev".into()),
             ..Default::default()
         };
-        let config = resolve(
-            flags,
-            &[
-                ("DATABRICKS_CONFIG_FILE", &path),
-                ("DATABRICKS_HOST", "env"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(
-            config.host.as_deref(),
-            Some("https://flag.cloud.databricks.com")
-        );
-        let flags = WorkspaceFlags {
-            profile: Some("nope".into()),
-            ..Default::default()
-        };
-        assert!(matches!(
-            resolve(flags, &[("DATABRICKS_CONFIG_FILE", &path)]),
-            Err(ConfigError::NoSuchProfile { .. })
-        ));
-        let config = resolve(
-            WorkspaceFlags::default(),
-            &[("DATABRICKS_CONFIG_FILE", "/nonexistent/cfg")],
-        )
-        .unwrap();
+        let config = resolve(flags, &[("DATABRICKS_CONFIG_FILE", &path), ("DATABRICKS_HOST", "env")]).unwrap();
+        assert_eq!(config.host.as_deref(), Some("https://flag.cloud.databricks.com"));
+        let flags = WorkspaceFlags { profile: Some("nope".into()), ..Default::default() };
+        assert!(matches!(resolve(flags, &[("DATABRICKS_CONFIG_FILE", &path)]), Err(ConfigError::NoSuchProfile { .. })));
+        let config = resolve(WorkspaceFlags::default(), &[("DATABRICKS_CONFIG_FILE", "/nonexistent/cfg")]).unwrap();
         assert_eq!(config, WorkspaceConfig::default());
     }
 }

@@ -35,18 +35,14 @@ impl Resource {
             ["projects", _] => Resource::Project,
             ["instances", _] => Resource::Instance,
             ["projects" | "instances", ..] => {
-                return Some(Err(format!(
-                    "{text:?} is not projects/P[/branches/B[/endpoints/E]] or instances/NAME"
-                )));
+                return Some(Err(format!("{text:?} is not projects/P[/branches/B[/endpoints/E]] or instances/NAME")));
             }
             _ => return None,
         };
         let ids = parts.iter().skip(1).step_by(2);
         for id in ids {
             let valid = (1..=63).contains(&id.len())
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
             // Provisioned instance names predate the rule; only check Autoscaling ids.
             if !valid && parts[0] == "projects" {
                 return Some(Err(format!(
@@ -61,10 +57,9 @@ impl Resource {
 impl fmt::Display for Resource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Resource::Endpoint(name)
-            | Resource::Branch(name)
-            | Resource::Project(name)
-            | Resource::Instance(name) => f.write_str(name),
+            Resource::Endpoint(name) | Resource::Branch(name) | Resource::Project(name) | Resource::Instance(name) => {
+                f.write_str(name)
+            }
         }
     }
 }
@@ -132,22 +127,14 @@ impl ApiClient {
         struct Me {
             user_name: String,
         }
-        Ok(self
-            .get::<Me>("/api/2.0/preview/scim/v2/Me", &[])
-            .await?
-            .user_name)
+        Ok(self.get::<Me>("/api/2.0/preview/scim/v2/Me", &[]).await?.user_name)
     }
 
     /// Resolves `resource` to a host, choosing the read-only host when `read_only`.
-    pub async fn resolve(
-        &self,
-        resource: &Resource,
-        read_only: bool,
-    ) -> Result<ResolvedResource, ResolveError> {
+    pub async fn resolve(&self, resource: &Resource, read_only: bool) -> Result<ResolvedResource, ResolveError> {
         match resource {
             Resource::Endpoint(name) => {
-                let endpoint: Endpoint =
-                    self.get(&format!("/api/2.0/postgres/{name}"), &[]).await?;
+                let endpoint: Endpoint = self.get(&format!("/api/2.0/postgres/{name}"), &[]).await?;
                 endpoint_host(endpoint, read_only)
             }
             Resource::Branch(name) => self.resolve_branch(name, read_only).await,
@@ -168,11 +155,7 @@ impl ApiClient {
                     ))
                 })?;
                 // Accept both a full name and a bare id: the field's form is not documented.
-                let branch = if branch.contains('/') {
-                    branch
-                } else {
-                    format!("{name}/branches/{branch}")
-                };
+                let branch = if branch.contains('/') { branch } else { format!("{name}/branches/{branch}") };
                 self.resolve_branch(&branch, read_only).await
             }
             Resource::Instance(name) => {
@@ -182,35 +165,22 @@ impl ApiClient {
                     read_write_dns: Option<String>,
                     read_only_dns: Option<String>,
                 }
-                let instance: Instance =
-                    self.get(&format!("/api/2.0/database/{name}"), &[]).await?;
+                let instance: Instance = self.get(&format!("/api/2.0/database/{name}"), &[]).await?;
                 let short = name.trim_start_matches("instances/");
-                let host = if read_only {
-                    instance.read_only_dns
-                } else {
-                    instance.read_write_dns
-                };
+                let host = if read_only { instance.read_only_dns } else { instance.read_write_dns };
                 let host = host.ok_or_else(|| {
                     ResolveError::Unusable(format!(
                         "instance {short} reports no {} host",
                         if read_only { "read-only" } else { "read-write" }
                     ))
                 })?;
-                Ok(ResolvedResource {
-                    scope: CredentialScope::Instance(short.to_owned()),
-                    host,
-                    state: instance.state,
-                })
+                Ok(ResolvedResource { scope: CredentialScope::Instance(short.to_owned()), host, state: instance.state })
             }
         }
     }
 
     /// The branch's endpoints, all pages.
-    async fn resolve_branch(
-        &self,
-        branch: &str,
-        read_only: bool,
-    ) -> Result<ResolvedResource, ResolveError> {
+    async fn resolve_branch(&self, branch: &str, read_only: bool) -> Result<ResolvedResource, ResolveError> {
         #[derive(Deserialize)]
         struct Page {
             #[serde(default)]
@@ -224,9 +194,7 @@ impl ApiClient {
             if !token.is_empty() {
                 query.push(("page_token", token.as_str()));
             }
-            let page: Page = self
-                .get(&format!("/api/2.0/postgres/{branch}/endpoints"), &query)
-                .await?;
+            let page: Page = self.get(&format!("/api/2.0/postgres/{branch}/endpoints"), &query).await?;
             endpoints.extend(page.endpoints);
             match page.next_page_token.filter(|t| !t.is_empty()) {
                 Some(next) => token = next,
@@ -235,38 +203,24 @@ impl ApiClient {
         }
         let wanted = if read_only { READ_ONLY } else { READ_WRITE };
         let names: Vec<String> = endpoints.iter().map(|e| e.name.clone()).collect();
-        let mut matching: Vec<Endpoint> = endpoints
-            .into_iter()
-            .filter(|e| e.status.endpoint_type.as_deref() == Some(wanted))
-            .collect();
+        let mut matching: Vec<Endpoint> =
+            endpoints.into_iter().filter(|e| e.status.endpoint_type.as_deref() == Some(wanted)).collect();
         match matching.len() {
             1 => endpoint_host(matching.remove(0), false),
             0 => Err(ResolveError::Unusable(format!(
                 "{branch} has no {} endpoint (endpoints: {}); name one: {branch}/endpoints/<endpoint>",
                 if read_only { "read-only" } else { "read-write" },
-                if names.is_empty() {
-                    "none".to_owned()
-                } else {
-                    names.join(", ")
-                }
+                if names.is_empty() { "none".to_owned() } else { names.join(", ") }
             ))),
             _ => Err(ResolveError::Unusable(format!(
                 "{branch} has several matching endpoints; name one of: {}",
-                matching
-                    .iter()
-                    .map(|e| e.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                matching.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ")
             ))),
         }
     }
 
     /// Mints a database credential for `scope`.
-    pub async fn mint(
-        &self,
-        scope: &CredentialScope,
-        ttl: Option<Duration>,
-    ) -> Result<Credential, ApiError> {
+    pub async fn mint(&self, scope: &CredentialScope, ttl: Option<Duration>) -> Result<Credential, ApiError> {
         let (token, expiry) = match scope {
             CredentialScope::Endpoint(name) => {
                 #[derive(Deserialize)]
@@ -300,20 +254,13 @@ impl ApiClient {
             // Documented as one hour when not said otherwise.
             None => Some(std::time::SystemTime::now() + ttl.unwrap_or(Duration::from_secs(3600))),
         };
-        Ok(Credential {
-            secret: Secret::new(token),
-            expires_at,
-        })
+        Ok(Credential { secret: Secret::new(token), expires_at })
     }
 }
 
 fn endpoint_host(endpoint: Endpoint, read_only: bool) -> Result<ResolvedResource, ResolveError> {
     let hosts = endpoint.status.hosts;
-    let host = if read_only {
-        hosts.read_only_host
-    } else {
-        hosts.host
-    };
+    let host = if read_only { hosts.read_only_host } else { hosts.host };
     let host = host.ok_or_else(|| {
         ResolveError::Unusable(format!(
             "{} reports no {}host",
@@ -321,11 +268,7 @@ fn endpoint_host(endpoint: Endpoint, read_only: bool) -> Result<ResolvedResource
             if read_only { "read-only " } else { "" }
         ))
     })?;
-    Ok(ResolvedResource {
-        scope: CredentialScope::Endpoint(endpoint.name),
-        host,
-        state: endpoint.status.current_state,
-    })
+    Ok(ResolvedResource { scope: CredentialScope::Endpoint(endpoint.name), host, state: endpoint.status.current_state })
 }
 
 /// A random (version 4) UUID, as the Provisioned API wants for `request_id`.
@@ -334,14 +277,7 @@ fn uuid_v4() -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
 
 /// Lakebase database credentials for one endpoint or instance, minted with the workspace login.
@@ -363,12 +299,7 @@ impl CredentialSource for LakebaseSource {
     }
 
     fn fetch(&self) -> BoxFuture<'_, Result<Credential, CredentialError>> {
-        Box::pin(async move {
-            self.api
-                .mint(&self.scope, self.ttl)
-                .await
-                .map_err(ApiError::into_credential_error)
-        })
+        Box::pin(async move { self.api.mint(&self.scope, self.ttl).await.map_err(ApiError::into_credential_error) })
     }
 }
 
@@ -380,27 +311,16 @@ mod tests {
     fn resource_names() {
         assert_eq!(
             Resource::parse("projects/a/branches/b/endpoints/c"),
-            Some(Ok(Resource::Endpoint(
-                "projects/a/branches/b/endpoints/c".into()
-            )))
+            Some(Ok(Resource::Endpoint("projects/a/branches/b/endpoints/c".into())))
         );
         assert_eq!(
             Resource::parse("projects/a/branches/b"),
             Some(Ok(Resource::Branch("projects/a/branches/b".into())))
         );
-        assert_eq!(
-            Resource::parse("projects/my-app"),
-            Some(Ok(Resource::Project("projects/my-app".into())))
-        );
-        assert_eq!(
-            Resource::parse("instances/Legacy_1"),
-            Some(Ok(Resource::Instance("instances/Legacy_1".into())))
-        );
+        assert_eq!(Resource::parse("projects/my-app"), Some(Ok(Resource::Project("projects/my-app".into()))));
+        assert_eq!(Resource::parse("instances/Legacy_1"), Some(Ok(Resource::Instance("instances/Legacy_1".into()))));
         assert!(matches!(Resource::parse("projects/UPPER"), Some(Err(_))));
-        assert!(matches!(
-            Resource::parse("projects/a/branches"),
-            Some(Err(_))
-        ));
+        assert!(matches!(Resource::parse("projects/a/branches"), Some(Err(_))));
         assert_eq!(Resource::parse("postgresql://h/db"), None);
     }
 

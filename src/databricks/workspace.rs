@@ -31,9 +31,7 @@ impl Workspace {
         let method = choose_method(config)?;
         let host = config.host.clone().expect("choose_method requires a host");
         let source: Box<dyn CredentialSource> = match method {
-            AuthMethod::Pat => Box::new(PatSource(Secret::new(
-                config.token.clone().unwrap_or_default(),
-            ))),
+            AuthMethod::Pat => Box::new(PatSource(Secret::new(config.token.clone().unwrap_or_default()))),
             AuthMethod::OAuthM2m => Box::new(M2mSource {
                 http: http.clone(),
                 host: host.clone(),
@@ -41,31 +39,18 @@ impl Workspace {
                 client_secret: Secret::new(config.client_secret.clone().unwrap_or_default()),
             }),
             AuthMethod::DatabricksCli => Box::new(CliSource {
-                program: config
-                    .cli_path
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_CLI.to_owned()),
+                program: config.cli_path.clone().unwrap_or_else(|| DEFAULT_CLI.to_owned()),
                 host: host.clone(),
                 profile: config.profile.clone(),
             }),
         };
         info!(host = %host, method = method.name(), settings_from = %config.sources.join(", "), "Databricks workspace login");
         // A workspace token with no stated expiry (a PAT) is simply re-checked hourly.
-        let policy = RefreshPolicy {
-            assumed_lifetime: Duration::from_secs(3600),
-            ..RefreshPolicy::default()
-        };
+        let policy = RefreshPolicy { assumed_lifetime: Duration::from_secs(3600), ..RefreshPolicy::default() };
         let token = CredentialCache::new(source, policy);
         let api = ApiClient::new(http, host, token.clone(), config.workspace_id.clone());
-        let client_id = (method == AuthMethod::OAuthM2m)
-            .then(|| config.client_id.clone())
-            .flatten();
-        Ok(Workspace {
-            api,
-            method,
-            token,
-            client_id,
-        })
+        let client_id = (method == AuthMethod::OAuthM2m).then(|| config.client_id.clone()).flatten();
+        Ok(Workspace { api, method, token, client_id })
     }
 
     /// The Postgres role of the logged-in identity: a service principal's client id, else the

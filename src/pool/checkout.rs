@@ -41,14 +41,10 @@ pub enum CheckoutError {
 impl UserFacing for CheckoutError {
     fn to_client(&self) -> ErrorFields {
         match self {
-            CheckoutError::Exhausted { .. } => ErrorFields::new(
-                Severity::Fatal,
-                sqlstate::TOO_MANY_CONNECTIONS,
-                format!("lakebase-proxy: {self}"),
-            )
-            .with_hint(
-                "Raise --max-pool-size or --checkout-timeout, or hold connections for less time.",
-            ),
+            CheckoutError::Exhausted { .. } => {
+                ErrorFields::new(Severity::Fatal, sqlstate::TOO_MANY_CONNECTIONS, format!("lakebase-proxy: {self}"))
+                    .with_hint("Raise --max-pool-size or --checkout-timeout, or hold connections for less time.")
+            }
             CheckoutError::Connect(error) => error.to_client(),
         }
     }
@@ -65,9 +61,7 @@ pub struct Lease {
 impl Lease {
     /// The leased connection.
     pub fn connection(&mut self) -> &mut ServerConnection {
-        self.connection
-            .as_mut()
-            .expect("a lease holds its connection until released")
+        self.connection.as_mut().expect("a lease holds its connection until released")
     }
 
     /// Returns the connection: when `reusable`, it is reset in the background and goes back
@@ -78,35 +72,22 @@ impl Lease {
         let pool = self.pool.clone();
         let deadline = self.deadline;
         if !reusable || Instant::now() >= deadline {
-            debug!(
-                connection = connection.id(),
-                reusable, "closing upstream connection at release"
-            );
+            debug!(connection = connection.id(), reusable, "closing upstream connection at release");
             pool.forget_one();
             return;
         }
         tokio::spawn(async move {
             if used {
-                match tokio::time::timeout(RESET_TIMEOUT, connection.simple_query(RESET_QUERY))
-                    .await
-                {
+                match tokio::time::timeout(RESET_TIMEOUT, connection.simple_query(RESET_QUERY)).await {
                     Ok(Ok(Ok(()))) => {}
                     outcome => {
-                        warn!(
-                            connection = connection.id(),
-                            ?outcome,
-                            "reset failed; closing the connection"
-                        );
+                        warn!(connection = connection.id(), ?outcome, "reset failed; closing the connection");
                         pool.forget_one();
                         return;
                     }
                 }
             }
-            pool.put_idle(Pooled {
-                connection,
-                deadline,
-                idle_since: Instant::now(),
-            });
+            pool.put_idle(Pooled { connection, deadline, idle_since: Instant::now() });
         });
     }
 }
@@ -134,10 +115,7 @@ enum Take {
 impl Pool {
     /// Lends a connection for a client asking for `params` (its startup parameters besides
     /// user and database), waiting up to the checkout timeout when the pool is full.
-    pub async fn checkout(
-        self: &Arc<Self>,
-        params: &StartupParams,
-    ) -> Result<Lease, CheckoutError> {
+    pub async fn checkout(self: &Arc<Self>, params: &StartupParams) -> Result<Lease, CheckoutError> {
         let started = Instant::now();
         let wait_until = tokio::time::Instant::now() + self.settings().checkout_timeout;
         loop {
@@ -148,10 +126,7 @@ impl Pool {
             let taken = self.take(params);
             let pooled = match taken {
                 Take::Exact(pooled) | Take::Adjust(pooled) if !pooled.usable() => {
-                    debug!(
-                        connection = pooled.connection.id(),
-                        "dropping a dead or expired idle connection"
-                    );
+                    debug!(connection = pooled.connection.id(), "dropping a dead or expired idle connection");
                     self.forget_one();
                     continue;
                 }
@@ -185,11 +160,7 @@ impl Pool {
     }
 
     fn lease(self: &Arc<Self>, pooled: Pooled) -> Lease {
-        Lease {
-            connection: Some(pooled.connection),
-            deadline: pooled.deadline,
-            pool: self.clone(),
-        }
+        Lease { connection: Some(pooled.connection), deadline: pooled.deadline, pool: self.clone() }
     }
 
     /// Picks an idle connection (exact parameter match first, most recently used first) or
@@ -197,17 +168,11 @@ impl Pool {
     /// one of them is closed to make room.
     fn take(&self, params: &StartupParams) -> Take {
         let mut state = self.state.lock().unwrap();
-        let exact = state
-            .idle
-            .iter()
-            .rposition(|p| same_params(p.connection.startup_params(), params));
+        let exact = state.idle.iter().rposition(|p| same_params(p.connection.startup_params(), params));
         if let Some(index) = exact {
             return Take::Exact(state.idle.remove(index));
         }
-        let adjustable = state
-            .idle
-            .iter()
-            .rposition(|p| is_subset(p.connection.startup_params(), params));
+        let adjustable = state.idle.iter().rposition(|p| is_subset(p.connection.startup_params(), params));
         if let Some(index) = adjustable {
             return Take::Adjust(state.idle.remove(index));
         }
@@ -218,10 +183,7 @@ impl Pool {
         if !state.idle.is_empty() {
             // The slot passes from the closed connection to the one about to be opened.
             let victim = state.idle.remove(0);
-            debug!(
-                connection = victim.connection.id(),
-                "closing an idle connection opened for other settings"
-            );
+            debug!(connection = victim.connection.id(), "closing an idle connection opened for other settings");
             return Take::Open;
         }
         Take::Wait
@@ -232,19 +194,19 @@ impl Pool {
         match self.login(params).await {
             Ok(connection) => {
                 *self.greeting.lock().unwrap() = Some(connection.server_params().into());
-                let lifetime = self
-                    .settings()
-                    .max_lifetime
-                    .mul_f64(1.0 - rand::rng().random_range(0.0..LIFETIME_JITTER));
+                let lifetime =
+                    self.settings().max_lifetime.mul_f64(1.0 - rand::rng().random_range(0.0..LIFETIME_JITTER));
                 let deadline = connection.opened_at() + lifetime;
-                Ok(Pooled {
-                    connection,
-                    deadline,
-                    idle_since: Instant::now(),
-                })
+                Ok(Pooled { connection, deadline, idle_since: Instant::now() })
             }
             Err(error) => {
                 self.forget_one();
+                if matches!(
+                    error,
+                    ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } | ConnectError::Tls { .. }
+                ) {
+                    self.upstream.re_resolve_soon();
+                }
                 Err(error.into())
             }
         }
@@ -255,15 +217,7 @@ impl Pool {
             Some(cache) => Some(cache.get().await?),
             None => None,
         };
-        self.upstream
-            .endpoint
-            .login(
-                &self.key.user,
-                &self.key.database,
-                params,
-                password.as_ref(),
-            )
-            .await
+        self.upstream.endpoint.login(&self.key.user, &self.key.database, params, password.as_ref()).await
     }
 
     pub(super) fn put_idle(&self, pooled: Pooled) {
@@ -284,30 +238,18 @@ fn same_params(opened_with: &StartupParams, wanted: &StartupParams) -> bool {
 }
 
 fn is_subset(opened_with: &StartupParams, wanted: &StartupParams) -> bool {
-    opened_with
-        .iter()
-        .all(|(name, value)| wanted.get(name) == Some(value))
+    opened_with.iter().all(|(name, value)| wanted.get(name) == Some(value))
 }
 
 /// Brings a connection opened with a subset of `wanted` to the client's settings with one
 /// round trip of SETs. Values the server already reports as wanted are skipped.
-async fn apply_params(
-    connection: &mut ServerConnection,
-    wanted: &StartupParams,
-) -> Result<(), String> {
+async fn apply_params(connection: &mut ServerConnection, wanted: &StartupParams) -> Result<(), String> {
     let mut sql = String::new();
     for (name, value) in wanted.iter() {
         let already = connection.startup_params().get(name) == Some(value)
-            || connection
-                .server_params()
-                .iter()
-                .any(|(n, v)| n.eq_ignore_ascii_case(name) && v == value);
+            || connection.server_params().iter().any(|(n, v)| n.eq_ignore_ascii_case(name) && v == value);
         if !already {
-            sql.push_str(&format!(
-                "SET {} TO {};",
-                quote_identifier(name),
-                quote_literal(value)
-            ));
+            sql.push_str(&format!("SET {} TO {};", quote_identifier(name), quote_literal(value)));
         }
     }
     if sql.is_empty() {
@@ -329,11 +271,7 @@ fn quote_identifier(name: &str) -> String {
 /// says, as PostgreSQL's own `quote_literal` does.
 fn quote_literal(value: &str) -> String {
     let doubled = value.replace('\'', "''");
-    if value.contains('\\') {
-        format!("E'{}'", doubled.replace('\\', "\\\\"))
-    } else {
-        format!("'{doubled}'")
-    }
+    if value.contains('\\') { format!("E'{}'", doubled.replace('\\', "\\\\")) } else { format!("'{doubled}'") }
 }
 
 #[cfg(test)]
@@ -350,9 +288,7 @@ mod tests {
     #[test]
     fn parameter_matching() {
         let opened: StartupParams = [("application_name", "psql")].into_iter().collect();
-        let wanted: StartupParams = [("application_name", "psql"), ("client_encoding", "UTF8")]
-            .into_iter()
-            .collect();
+        let wanted: StartupParams = [("application_name", "psql"), ("client_encoding", "UTF8")].into_iter().collect();
         assert!(is_subset(&opened, &wanted));
         assert!(!same_params(&opened, &wanted));
         assert!(same_params(&wanted, &wanted));

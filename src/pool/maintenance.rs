@@ -20,11 +20,7 @@ impl Pools {
         tokio::spawn(async move {
             loop {
                 for pool in pools.all() {
-                    let keep = if Some(pool.key()) == pools.warm.as_ref() {
-                        pool.settings().min_idle
-                    } else {
-                        0
-                    };
+                    let keep = if Some(pool.key()) == pools.warm.as_ref() { pool.settings().min_idle } else { 0 };
                     pool.prune(keep);
                 }
                 if let Some(key) = &pools.warm {

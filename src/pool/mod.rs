@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 pub use checkout::{CheckoutError, Lease};
 
-use crate::credentials::CredentialCache;
+use crate::credentials::{BoxFuture, CredentialCache};
 use crate::upstream::{Endpoint, ServerConnection};
 
 /// Pool limits and lifetimes, shared by all pools of a target.
@@ -103,17 +103,56 @@ pub struct Upstream {
     pub credentials: Option<Arc<CredentialCache>>,
     /// Limits for every pool of this target.
     pub settings: PoolSettings,
+    /// Looks the host up again after connection failures (Lakebase names).
+    resolver: Option<HostResolver>,
+    last_resolution: Mutex<Option<Instant>>,
+}
+
+/// Looks a target's host up again; errors are reported as text.
+pub type HostResolver = Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
+
+/// Re-resolutions are spaced at least this far apart, however many connections fail.
+const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+impl Upstream {
+    /// An upstream; `resolver` is for targets whose host can move (Lakebase names).
+    pub fn new(
+        endpoint: Endpoint,
+        credentials: Option<Arc<CredentialCache>>,
+        settings: PoolSettings,
+        resolver: Option<HostResolver>,
+    ) -> Upstream {
+        Upstream { endpoint, credentials, settings, resolver, last_resolution: Mutex::new(None) }
+    }
+
+    /// After a connection-class failure, looks the host up again in the background (at most
+    /// every 30 s): a Lakebase endpoint's host can change.
+    fn re_resolve_soon(self: &Arc<Self>) {
+        let Some(resolver) = self.resolver.clone() else { return };
+        {
+            let mut last = self.last_resolution.lock().unwrap();
+            if last.is_some_and(|at| at.elapsed() < RESOLVE_INTERVAL) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let upstream = self.clone();
+        tokio::spawn(async move {
+            match resolver().await {
+                Ok(host) => match upstream.endpoint.set_host(&host) {
+                    Ok(true) => tracing::info!(%host, "the endpoint moved; new connections go to the new host"),
+                    Ok(false) => tracing::debug!(%host, "re-resolved; the host is unchanged"),
+                    Err(error) => tracing::warn!(%error, "re-resolved to an unusable host"),
+                },
+                Err(error) => tracing::warn!(%error, "could not re-resolve the endpoint"),
+            }
+        });
+    }
 }
 
 impl Pool {
     fn new(key: PoolKey, upstream: Arc<Upstream>) -> Pool {
-        Pool {
-            key,
-            upstream,
-            state: Mutex::default(),
-            available: Notify::new(),
-            greeting: Mutex::new(None),
-        }
+        Pool { key, upstream, state: Mutex::default(), available: Notify::new(), greeting: Mutex::new(None) }
     }
 
     /// The key this pool serves.
@@ -154,11 +193,7 @@ pub struct Pools {
 impl Pools {
     /// Pools for `upstream`; `warm` names the pool to keep `min_idle` connections in.
     pub fn new(upstream: Upstream, warm: Option<PoolKey>) -> Arc<Pools> {
-        Arc::new(Pools {
-            upstream: Arc::new(upstream),
-            pools: Mutex::default(),
-            warm,
-        })
+        Arc::new(Pools { upstream: Arc::new(upstream), pools: Mutex::default(), warm })
     }
 
     /// The pool for `key`.

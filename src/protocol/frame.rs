@@ -33,10 +33,7 @@ impl FrameHeader {
                 header[0].escape_ascii()
             )));
         }
-        Ok(Some(FrameHeader {
-            tag: header[0],
-            body_len: declared as usize - 4,
-        }))
+        Ok(Some(FrameHeader { tag: header[0], body_len: declared as usize - 4 }))
     }
 
     /// Header plus body.
@@ -49,10 +46,7 @@ impl FrameHeader {
 ///
 /// Used where the proxy holds a conversation itself (upstream login, session reset) rather
 /// than relaying; `limit` guards against a peer that declares an enormous message.
-pub fn take_message(
-    buf: &mut bytes::BytesMut,
-    limit: usize,
-) -> io::Result<Option<(u8, bytes::Bytes)>> {
+pub fn take_message(buf: &mut bytes::BytesMut, limit: usize) -> io::Result<Option<(u8, bytes::Bytes)>> {
     let Some(header) = FrameHeader::parse(buf)? else {
         return Ok(None);
     };
@@ -85,13 +79,7 @@ mod tests {
     fn header_needs_five_bytes() {
         assert_eq!(FrameHeader::parse(b"Z\0\0\0").unwrap(), None);
         let header = FrameHeader::parse(b"Z\0\0\0\x05I").unwrap().unwrap();
-        assert_eq!(
-            header,
-            FrameHeader {
-                tag: b'Z',
-                body_len: 1
-            }
-        );
+        assert_eq!(header, FrameHeader { tag: b'Z', body_len: 1 });
     }
 
     #[test]

@@ -170,11 +170,7 @@ impl ErrorFields {
 
 impl fmt::Display for ErrorFields {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {} (SQLSTATE {})",
-            self.severity, self.message, self.code
-        )?;
+        write!(f, "{}: {} (SQLSTATE {})", self.severity, self.message, self.code)?;
         if let Some(detail) = &self.detail {
             write!(f, "; {detail}")?;
         }
@@ -189,8 +185,7 @@ mod tests {
 
     #[test]
     fn error_fields_round_trip() {
-        let fields = ErrorFields::new(Severity::Fatal, "08001", "cannot reach it")
-            .with_hint("check the host");
+        let fields = ErrorFields::new(Severity::Fatal, "08001", "cannot reach it").with_hint("check the host");
         let mut buf = BytesMut::new();
         fields.write_error(&mut buf);
         let (tag, body) = take_message(&mut buf, 1024).unwrap().unwrap();
@@ -214,8 +209,7 @@ mod tests {
         parameter_status(&mut buf, "server_version", "15.0");
         backend_key_data(&mut buf, CancelKey { pid: 7, secret: 9 });
         ready_for_query(&mut buf, b'I');
-        let tags: Vec<u8> =
-            std::iter::from_fn(|| take_message(&mut buf, 1024).unwrap().map(|(t, _)| t)).collect();
+        let tags: Vec<u8> = std::iter::from_fn(|| take_message(&mut buf, 1024).unwrap().map(|(t, _)| t)).collect();
         assert_eq!(tags, b"RSKZ");
         assert!(buf.is_empty());
     }

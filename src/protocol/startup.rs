@@ -50,10 +50,7 @@ pub struct StartupParams(Vec<(String, String)>);
 impl StartupParams {
     /// The value of `name`, if the client sent it.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
+        self.0.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
     }
 
     /// Sets `name`, replacing an earlier value.
@@ -72,9 +69,7 @@ impl StartupParams {
 
     /// All parameters as (name, value) pairs.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0
-            .iter()
-            .map(|(key, value)| (key.as_str(), value.as_str()))
+        self.0.iter().map(|(key, value)| (key.as_str(), value.as_str()))
     }
 }
 
@@ -112,9 +107,7 @@ pub enum StartupError {
 
 /// Reads one length-prefixed startup packet; `Ok(None)` when the client closed before sending
 /// anything (health checkers and port scanners do this).
-pub async fn read_packet<R: AsyncRead + Unpin>(
-    reader: &mut R,
-) -> Result<Option<BytesMut>, StartupError> {
+pub async fn read_packet<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<BytesMut>, StartupError> {
     let mut length = [0u8; 4];
     let first = reader.read(&mut length).await?;
     if first == 0 {
@@ -132,15 +125,11 @@ pub async fn read_packet<R: AsyncRead + Unpin>(
 
 /// Interprets a startup packet body (everything after the length).
 pub fn parse(body: &[u8]) -> Result<StartupRequest, StartupError> {
-    let (code, rest) = body
-        .split_first_chunk::<4>()
-        .ok_or(StartupError::Malformed("too short"))?;
+    let (code, rest) = body.split_first_chunk::<4>().ok_or(StartupError::Malformed("too short"))?;
     match u32::from_be_bytes(*code) {
         SSL_REQUEST if rest.is_empty() => Ok(StartupRequest::Ssl),
         GSSENC_REQUEST if rest.is_empty() => Ok(StartupRequest::GssEnc),
-        SSL_REQUEST | GSSENC_REQUEST => {
-            Err(StartupError::Malformed("encryption request with a body"))
-        }
+        SSL_REQUEST | GSSENC_REQUEST => Err(StartupError::Malformed("encryption request with a body")),
         CANCEL_REQUEST => parse_cancel(rest),
         version => parse_startup(version, rest),
     }
@@ -149,9 +138,7 @@ pub fn parse(body: &[u8]) -> Result<StartupRequest, StartupError> {
 fn parse_cancel(rest: &[u8]) -> Result<StartupRequest, StartupError> {
     // Protocol 3.2 allows longer secrets; the proxy hands out 4-byte ones only, so anything
     // else cannot match a session and is refused as malformed.
-    let bytes: [u8; 8] = rest
-        .try_into()
-        .map_err(|_| StartupError::Malformed("cancel request of the wrong size"))?;
+    let bytes: [u8; 8] = rest.try_into().map_err(|_| StartupError::Malformed("cancel request of the wrong size"))?;
     Ok(StartupRequest::Cancel(CancelKey {
         pid: i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
         secret: u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
@@ -166,24 +153,16 @@ fn parse_startup(version: u32, rest: &[u8]) -> Result<StartupRequest, StartupErr
     let mut params = StartupParams::default();
     let mut protocol_options = Vec::new();
     // The list is NUL-terminated name/value strings closed by one more NUL.
-    let list = rest
-        .strip_suffix(&[0])
-        .ok_or(StartupError::Malformed("parameters are not terminated"))?;
+    let list = rest.strip_suffix(&[0]).ok_or(StartupError::Malformed("parameters are not terminated"))?;
     let mut fields = list.split(|&b| b == 0);
     loop {
-        let key = fields
-            .next()
-            .ok_or(StartupError::Malformed("parameters are not terminated"))?;
+        let key = fields.next().ok_or(StartupError::Malformed("parameters are not terminated"))?;
         if key.is_empty() {
             break;
         }
-        let value = fields
-            .next()
-            .ok_or(StartupError::Malformed("parameter without a value"))?;
-        let key = std::str::from_utf8(key)
-            .map_err(|_| StartupError::Malformed("parameter name is not UTF-8"))?;
-        let value = std::str::from_utf8(value)
-            .map_err(|_| StartupError::Malformed("parameter value is not UTF-8"))?;
+        let value = fields.next().ok_or(StartupError::Malformed("parameter without a value"))?;
+        let key = std::str::from_utf8(key).map_err(|_| StartupError::Malformed("parameter name is not UTF-8"))?;
+        let value = std::str::from_utf8(value).map_err(|_| StartupError::Malformed("parameter value is not UTF-8"))?;
         if key.starts_with("_pq_.") {
             protocol_options.push(key.to_owned());
         } else {
@@ -194,15 +173,9 @@ fn parse_startup(version: u32, rest: &[u8]) -> Result<StartupRequest, StartupErr
         return Err(StartupError::Malformed("data after the parameter list"));
     }
     if params.get("user").is_none_or(str::is_empty) {
-        return Err(StartupError::Malformed(
-            "no PostgreSQL user name specified in startup packet",
-        ));
+        return Err(StartupError::Malformed("no PostgreSQL user name specified in startup packet"));
     }
-    Ok(StartupRequest::Startup {
-        minor,
-        params,
-        protocol_options,
-    })
+    Ok(StartupRequest::Startup { minor, params, protocol_options })
 }
 
 #[cfg(test)]
@@ -223,16 +196,8 @@ mod tests {
 
     #[test]
     fn parses_a_startup_message() {
-        let body = startup_body(
-            PROTOCOL_3_0,
-            &[("user", "alice"), ("database", "db"), ("_pq_.x", "1")],
-        );
-        let StartupRequest::Startup {
-            minor,
-            params,
-            protocol_options,
-        } = parse(&body).unwrap()
-        else {
+        let body = startup_body(PROTOCOL_3_0, &[("user", "alice"), ("database", "db"), ("_pq_.x", "1")]);
+        let StartupRequest::Startup { minor, params, protocol_options } = parse(&body).unwrap() else {
             panic!("not a startup message");
         };
         assert_eq!(minor, 0);
@@ -244,10 +209,7 @@ mod tests {
     #[test]
     fn newer_minor_versions_are_accepted_for_negotiation() {
         let body = startup_body(PROTOCOL_3_0 | 2, &[("user", "a")]);
-        assert!(matches!(
-            parse(&body).unwrap(),
-            StartupRequest::Startup { minor: 2, .. }
-        ));
+        assert!(matches!(parse(&body).unwrap(), StartupRequest::Startup { minor: 2, .. }));
     }
 
     #[test]
@@ -271,31 +233,19 @@ mod tests {
 
     #[test]
     fn parses_special_requests() {
-        assert_eq!(
-            parse(&SSL_REQUEST.to_be_bytes()).unwrap(),
-            StartupRequest::Ssl
-        );
-        assert_eq!(
-            parse(&GSSENC_REQUEST.to_be_bytes()).unwrap(),
-            StartupRequest::GssEnc
-        );
+        assert_eq!(parse(&SSL_REQUEST.to_be_bytes()).unwrap(), StartupRequest::Ssl);
+        assert_eq!(parse(&GSSENC_REQUEST.to_be_bytes()).unwrap(), StartupRequest::GssEnc);
         let mut cancel = CANCEL_REQUEST.to_be_bytes().to_vec();
         cancel.extend_from_slice(&42i32.to_be_bytes());
         cancel.extend_from_slice(&7u32.to_be_bytes());
-        assert_eq!(
-            parse(&cancel).unwrap(),
-            StartupRequest::Cancel(CancelKey { pid: 42, secret: 7 })
-        );
+        assert_eq!(parse(&cancel).unwrap(), StartupRequest::Cancel(CancelKey { pid: 42, secret: 7 }));
         assert!(parse(&cancel[..10]).is_err());
     }
 
     #[tokio::test]
     async fn read_packet_enforces_the_size_limit() {
         let mut huge = &(100_000u32).to_be_bytes()[..];
-        assert!(matches!(
-            read_packet(&mut huge).await,
-            Err(StartupError::BadLength(100_000))
-        ));
+        assert!(matches!(read_packet(&mut huge).await, Err(StartupError::BadLength(100_000))));
         let mut empty: &[u8] = &[];
         assert!(read_packet(&mut empty).await.unwrap().is_none());
     }

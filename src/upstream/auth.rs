@@ -3,9 +3,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{
-    ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256,
-};
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::debug;
@@ -29,10 +27,7 @@ pub struct LoginResult {
 }
 
 /// Reads one whole message from the server into `buf`'s front.
-pub(super) async fn read_message(
-    stream: &mut UpstreamStream,
-    buf: &mut BytesMut,
-) -> Result<(u8, Bytes), ConnectError> {
+pub(super) async fn read_message(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result<(u8, Bytes), ConnectError> {
     loop {
         if let Some(message) = take_message(buf, MAX_BUFFERED_MESSAGE)? {
             return Ok(message);
@@ -51,10 +46,7 @@ async fn send(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result<(), Con
 }
 
 fn protocol_error(what: &str) -> ConnectError {
-    ConnectError::Io(std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        what.to_owned(),
-    ))
+    ConnectError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned()))
 }
 
 /// Runs the login after the StartupMessage was sent.
@@ -95,8 +87,7 @@ pub(super) async fn authenticate(
                     }
                     10 => {
                         let password = password.ok_or(ConnectError::NoPassword)?;
-                        let mechanisms: Vec<&[u8]> =
-                            body.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
+                        let mechanisms: Vec<&[u8]> = body.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
                         let certificate_hash = stream
                             .get_ref()
                             .1
@@ -104,55 +95,39 @@ pub(super) async fn authenticate(
                             .and_then(|chain| chain.first())
                             .and_then(|leaf| server_end_point_hash(leaf));
                         let (mechanism, binding) = match certificate_hash {
-                            Some(hash) if mechanisms.contains(&SCRAM_SHA_256_PLUS.as_bytes()) => (
-                                SCRAM_SHA_256_PLUS,
-                                ChannelBinding::tls_server_end_point(hash),
-                            ),
+                            Some(hash) if mechanisms.contains(&SCRAM_SHA_256_PLUS.as_bytes()) => {
+                                (SCRAM_SHA_256_PLUS, ChannelBinding::tls_server_end_point(hash))
+                            }
                             // We could bind but the server did not offer it: say so, which lets a
                             // server that did offer it detect a downgrade.
                             Some(_) => (SCRAM_SHA_256, ChannelBinding::unrequested()),
                             None => (SCRAM_SHA_256, ChannelBinding::unsupported()),
                         };
                         if !mechanisms.contains(&mechanism.as_bytes()) {
-                            let offered: Vec<_> = mechanisms
-                                .iter()
-                                .map(|m| String::from_utf8_lossy(m).into_owned())
-                                .collect();
-                            return Err(ConnectError::UnsupportedAuth(format!(
-                                "SASL {}",
-                                offered.join(", ")
-                            )));
+                            let offered: Vec<_> =
+                                mechanisms.iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect();
+                            return Err(ConnectError::UnsupportedAuth(format!("SASL {}", offered.join(", "))));
                         }
                         debug!(mechanism, "upstream asks for SASL");
                         let exchange = ScramSha256::new(password.expose().as_bytes(), binding);
-                        frontend::sasl_initial_response(
-                            mechanism,
-                            exchange.message(),
-                            &mut outbound,
-                        )?;
+                        frontend::sasl_initial_response(mechanism, exchange.message(), &mut outbound)?;
                         send(stream, &mut outbound).await?;
                         scram = Some(exchange);
                     }
                     11 => {
-                        let exchange = scram
-                            .as_mut()
-                            .ok_or_else(|| protocol_error("SASLContinue without SASL"))?;
+                        let exchange = scram.as_mut().ok_or_else(|| protocol_error("SASLContinue without SASL"))?;
                         exchange.update(&body)?;
                         frontend::sasl_response(exchange.message(), &mut outbound)?;
                         send(stream, &mut outbound).await?;
                     }
                     12 => {
-                        let exchange = scram
-                            .as_mut()
-                            .ok_or_else(|| protocol_error("SASLFinal without SASL"))?;
+                        let exchange = scram.as_mut().ok_or_else(|| protocol_error("SASLFinal without SASL"))?;
                         // Verifies the server's signature: a server that does not know the
                         // password (an impostor) fails here.
                         exchange.finish(&body)?;
                     }
                     other => {
-                        return Err(ConnectError::UnsupportedAuth(
-                            auth_method_name(other).into(),
-                        ));
+                        return Err(ConnectError::UnsupportedAuth(auth_method_name(other).into()));
                     }
                 }
             }
@@ -169,28 +144,17 @@ pub(super) async fn authenticate(
                 if body.len() < 8 {
                     return Err(protocol_error("short BackendKeyData"));
                 }
-                key = Some(CancelKey {
-                    pid: body.get_i32(),
-                    secret: body.get_u32(),
-                });
+                key = Some(CancelKey { pid: body.get_i32(), secret: body.get_u32() });
             }
             b'E' => return Err(ConnectError::Server(ErrorFields::parse(&body))),
             b'Z' => {
-                let key =
-                    key.ok_or_else(|| protocol_error("no BackendKeyData before ReadyForQuery"))?;
-                return Ok(LoginResult {
-                    params,
-                    key,
-                    leftover: inbound,
-                });
+                let key = key.ok_or_else(|| protocol_error("no BackendKeyData before ReadyForQuery"))?;
+                return Ok(LoginResult { params, key, leftover: inbound });
             }
             // Notices during login and NegotiateProtocolVersion carry nothing the proxy needs.
             b'N' | b'v' => {}
             other => {
-                return Err(protocol_error(&format!(
-                    "unexpected message '{}' during login",
-                    other.escape_ascii()
-                )));
+                return Err(protocol_error(&format!("unexpected message '{}' during login", other.escape_ascii())));
             }
         }
     }

@@ -1,5 +1,5 @@
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -21,14 +21,33 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Where and how to open upstream connections for one target.
 pub struct Endpoint {
-    /// Host name for certificate verification and SNI.
-    host: String,
-    /// Address actually dialled.
-    dial: (String, u16),
-    server_name: ServerName<'static>,
+    /// The current address; replaced when a Lakebase name resolves to a new host.
+    address: RwLock<Arc<Address>>,
+    /// Upstream port.
+    port: u16,
+    /// A fixed dial address (`connect-to=`), if any.
+    connect_to: Option<(String, u16)>,
     tls: TlsConnector,
     /// Limit for TCP connect, TLS and login together.
     connect_timeout: Duration,
+}
+
+/// The host a connection verifies and names in SNI, and the address it dials.
+struct Address {
+    host: String,
+    dial: (String, u16),
+    server_name: ServerName<'static>,
+}
+
+impl Address {
+    fn new(host: &str, port: u16, connect_to: &Option<(String, u16)>) -> Result<Address, ConnectError> {
+        let server_name = ServerName::try_from(host.to_owned()).map_err(|_| ConnectError::Tls {
+            host: host.to_owned(),
+            reason: "the host is not a valid DNS name or IP address".into(),
+        })?;
+        let dial = connect_to.clone().unwrap_or_else(|| (host.to_owned(), port));
+        Ok(Address { host: host.to_owned(), dial, server_name })
+    }
 }
 
 impl Endpoint {
@@ -38,24 +57,33 @@ impl Endpoint {
         tls_config: Arc<ClientConfig>,
         connect_timeout: Duration,
     ) -> Result<Endpoint, ConnectError> {
-        let server_name =
-            ServerName::try_from(target.host.clone()).map_err(|_| ConnectError::Tls {
-                host: target.host.clone(),
-                reason: "the host is not a valid DNS name or IP address".into(),
-            })?;
-        let (dial_host, dial_port) = target.dial_address();
         Ok(Endpoint {
-            host: target.host.clone(),
-            dial: (dial_host.to_owned(), dial_port),
-            server_name,
+            address: RwLock::new(Arc::new(Address::new(&target.host, target.port, &target.connect_to)?)),
+            port: target.port,
+            connect_to: target.connect_to.clone(),
             tls: TlsConnector::from(tls_config),
             connect_timeout,
         })
     }
 
+    /// Points new connections at `host` (a re-resolved Lakebase endpoint); returns whether it
+    /// changed.
+    pub fn set_host(&self, host: &str) -> Result<bool, ConnectError> {
+        if self.current().host == host {
+            return Ok(false);
+        }
+        *self.address.write().unwrap() = Arc::new(Address::new(host, self.port, &self.connect_to)?);
+        Ok(true)
+    }
+
+    fn current(&self) -> Arc<Address> {
+        self.address.read().unwrap().clone()
+    }
+
     /// `host:port` as dialled, for messages.
     pub fn address(&self) -> String {
-        format!("{}:{}", self.dial.0, self.dial.1)
+        let address = self.current();
+        format!("{}:{}", address.dial.0, address.dial.1)
     }
 
     /// Opens a connection and logs in as `user` to `database` with the extra startup
@@ -73,10 +101,7 @@ impl Endpoint {
             let mut startup: Vec<(&str, &str)> = vec![("user", user), ("database", database)];
             startup.extend(params.iter());
             let mut buf = BytesMut::new();
-            postgres_protocol::message::frontend::startup_message(
-                startup.iter().copied(),
-                &mut buf,
-            )?;
+            postgres_protocol::message::frontend::startup_message(startup.iter().copied(), &mut buf)?;
             stream.write_all(&buf).await?;
             stream.flush().await?;
             let login = auth::authenticate(&mut stream, user, password).await?;
@@ -89,22 +114,17 @@ impl Endpoint {
         };
         let connection = tokio::time::timeout(self.connect_timeout, attempt)
             .await
-            .map_err(|_| ConnectError::Timeout {
-                address: self.address(),
-                after: self.connect_timeout,
-            })??;
+            .map_err(|_| ConnectError::Timeout { address: self.address(), after: self.connect_timeout })??;
         debug!(upstream = %self.address(), pid = connection.key().pid, elapsed = ?started.elapsed(), "upstream login complete");
         Ok(connection)
     }
 
     /// TCP, SSLRequest, then a verified TLS handshake with SNI and ALPN.
     async fn open_tls(&self) -> Result<UpstreamStream, ConnectError> {
-        let mut tcp = TcpStream::connect((self.dial.0.as_str(), self.dial.1))
+        let address = self.current();
+        let mut tcp = TcpStream::connect((address.dial.0.as_str(), address.dial.1))
             .await
-            .map_err(|source| ConnectError::Unreachable {
-                address: self.address(),
-                source,
-            })?;
+            .map_err(|source| ConnectError::Unreachable { address: self.address(), source })?;
         tcp.set_nodelay(true)?;
         let mut request = BytesMut::new();
         postgres_protocol::message::frontend::ssl_request(&mut request);
@@ -112,27 +132,19 @@ impl Endpoint {
         match tcp.read_u8().await? {
             b'S' => {}
             b'N' => {
-                return Err(ConnectError::TlsRefused {
-                    host: self.host.clone(),
-                });
+                return Err(ConnectError::TlsRefused { host: address.host.clone() });
             }
             other => {
                 return Err(ConnectError::Io(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!(
-                        "unexpected answer {:?} to SSLRequest: is this a PostgreSQL server?",
-                        other as char
-                    ),
+                    format!("unexpected answer {:?} to SSLRequest: is this a PostgreSQL server?", other as char),
                 )));
             }
         }
-        self.tls
-            .connect(self.server_name.clone(), tcp)
-            .await
-            .map_err(|error| ConnectError::Tls {
-                host: self.host.clone(),
-                reason: tls::describe_handshake_error(&error),
-            })
+        self.tls.connect(address.server_name.clone(), tcp).await.map_err(|error| ConnectError::Tls {
+            host: address.host.clone(),
+            reason: tls::describe_handshake_error(&error),
+        })
     }
 
     /// Sends a CancelRequest for `key` over its own TLS connection, as libpq does.
@@ -140,11 +152,7 @@ impl Endpoint {
         let attempt = async {
             let mut stream = self.open_tls().await?;
             let mut buf = BytesMut::new();
-            postgres_protocol::message::frontend::cancel_request(
-                key.pid,
-                key.secret as i32,
-                &mut buf,
-            );
+            postgres_protocol::message::frontend::cancel_request(key.pid, key.secret as i32, &mut buf);
             stream.write_all(&buf).await?;
             stream.flush().await?;
             // The server closes without answering; waiting for that makes sure it read the request.
@@ -153,9 +161,32 @@ impl Endpoint {
         };
         tokio::time::timeout(self.connect_timeout, attempt)
             .await
-            .map_err(|_| ConnectError::Timeout {
-                address: self.address(),
-                after: self.connect_timeout,
-            })?
+            .map_err(|_| ConnectError::Timeout { address: self.address(), after: self.connect_timeout })?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{TrustRoots, upstream_config};
+
+    #[test]
+    fn a_moved_host_changes_where_new_connections_go() {
+        let tls = upstream_config(&TrustRoots::System).unwrap();
+        let target: Target = "postgresql://ep-one.example.com/db".parse().unwrap();
+        let endpoint = Endpoint::new(&target, tls.clone(), Duration::from_secs(1)).unwrap();
+        assert_eq!(endpoint.address(), "ep-one.example.com:5432");
+        assert!(!endpoint.set_host("ep-one.example.com").unwrap());
+        assert!(endpoint.set_host("ep-two.example.com").unwrap());
+        assert_eq!(endpoint.address(), "ep-two.example.com:5432");
+        assert!(endpoint.set_host("not a host name").is_err());
+        assert_eq!(endpoint.address(), "ep-two.example.com:5432", "a bad answer changes nothing");
+
+        // With connect-to, only the name verified and sent as SNI changes.
+        let tunnelled: Target = "postgresql://ep-one.example.com/db?connect-to=127.0.0.1:7000".parse().unwrap();
+        let endpoint = Endpoint::new(&tunnelled, tls, Duration::from_secs(1)).unwrap();
+        assert!(endpoint.set_host("ep-two.example.com").unwrap());
+        assert_eq!(endpoint.address(), "127.0.0.1:7000");
+        assert_eq!(endpoint.current().host, "ep-two.example.com");
     }
 }

@@ -83,10 +83,7 @@ impl ServerConnection {
     /// Runs `sql` as a simple query and reads to ReadyForQuery, recording reported parameters.
     /// A server error is returned after the ReadyForQuery that follows it, so the connection
     /// stays usable; an I/O error means it is not.
-    pub async fn simple_query(
-        &mut self,
-        sql: &str,
-    ) -> Result<Result<(), ErrorFields>, ConnectError> {
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Result<(), ErrorFields>, ConnectError> {
         let mut buf = BytesMut::new();
         postgres_protocol::message::frontend::query(sql, &mut buf)?;
         self.stream.write_all(&buf).await?;
@@ -98,10 +95,8 @@ impl ServerConnection {
             match tag {
                 b'S' => {
                     let mut fields = body.split(|&b| b == 0);
-                    let name =
-                        String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
-                    let value =
-                        String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
+                    let name = String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
+                    let value = String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
                     self.set_server_param(name, value);
                 }
                 b'E' => outcome = Err(ErrorFields::parse(&body)),

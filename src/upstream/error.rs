@@ -25,9 +25,7 @@ pub enum ConnectError {
         after: Duration,
     },
     /// The server answered SSLRequest with `N`.
-    #[error(
-        "upstream {host} does not accept TLS, and lakebase-proxy never sends a password in plaintext"
-    )]
+    #[error("upstream {host} does not accept TLS, and lakebase-proxy never sends a password in plaintext")]
     TlsRefused {
         /// The upstream host.
         host: String,
@@ -47,9 +45,7 @@ pub enum ConnectError {
     #[error("no upstream password: {0}")]
     Credential(#[from] CredentialError),
     /// The server asked for a password but none is configured.
-    #[error(
-        "upstream asks for a password but none is configured (use --password-file or --password-command)"
-    )]
+    #[error("upstream asks for a password but none is configured (use --password-file or --password-command)")]
     NoPassword,
     /// The server asked for an authentication method the proxy does not implement.
     #[error("upstream asks for an unsupported authentication method: {0}")]
@@ -64,9 +60,7 @@ impl ConnectError {
     /// to refusals that repeat until someone acts (credentials, permissions, certificates).
     pub fn is_transient(&self) -> bool {
         match self {
-            ConnectError::Unreachable { .. }
-            | ConnectError::Timeout { .. }
-            | ConnectError::Io(_) => true,
+            ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } | ConnectError::Io(_) => true,
             ConnectError::Server(fields) => {
                 fields.code.starts_with("08") || fields.code == "57P03" || fields.code == "53300"
             }
@@ -79,8 +73,7 @@ impl ConnectError {
 impl UserFacing for ConnectError {
     fn to_client(&self) -> ErrorFields {
         let fatal = |code: &str, hint: &str| {
-            ErrorFields::new(Severity::Fatal, code, format!("lakebase-proxy: {self}"))
-                .with_hint(hint.to_owned())
+            ErrorFields::new(Severity::Fatal, code, format!("lakebase-proxy: {self}")).with_hint(hint.to_owned())
         };
         match self {
             ConnectError::Server(fields) => {
@@ -91,14 +84,10 @@ impl UserFacing for ConnectError {
                 }
                 fields
             }
-            ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } => fatal(
-                sqlstate::CONNECTION_UNABLE,
-                "Check the target host and port, and that the server is running.",
-            ),
-            ConnectError::TlsRefused { .. } => fatal(
-                sqlstate::CONNECTION_UNABLE,
-                "Enable TLS on the upstream server.",
-            ),
+            ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } => {
+                fatal(sqlstate::CONNECTION_UNABLE, "Check the target host and port, and that the server is running.")
+            }
+            ConnectError::TlsRefused { .. } => fatal(sqlstate::CONNECTION_UNABLE, "Enable TLS on the upstream server."),
             ConnectError::Tls { .. } => fatal(
                 sqlstate::CONNECTION_UNABLE,
                 "The upstream certificate must be valid for the target host name and signed by a trusted CA (sslrootcert=, SSL_CERT_FILE).",
@@ -107,14 +96,12 @@ impl UserFacing for ConnectError {
                 sqlstate::INVALID_AUTHORIZATION,
                 "Fix the password source; lakebase-proxy retries it in the background.",
             ),
-            ConnectError::UnsupportedAuth(_) => fatal(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                "Use password, md5 or scram-sha-256 upstream.",
-            ),
-            ConnectError::Io(_) => fatal(
-                sqlstate::CONNECTION_FAILURE,
-                "Try again; if it persists, check the upstream server's log.",
-            ),
+            ConnectError::UnsupportedAuth(_) => {
+                fatal(sqlstate::FEATURE_NOT_SUPPORTED, "Use password, md5 or scram-sha-256 upstream.")
+            }
+            ConnectError::Io(_) => {
+                fatal(sqlstate::CONNECTION_FAILURE, "Try again; if it persists, check the upstream server's log.")
+            }
         }
     }
 }

@@ -28,11 +28,7 @@ impl ProxyProcess {
             .stderr(log.reopen().unwrap())
             .spawn()
             .expect("start lakebase-proxy");
-        let mut proxy = ProxyProcess {
-            child: Some(child),
-            port,
-            log,
-        };
+        let mut proxy = ProxyProcess { child: Some(child), port, log };
         proxy.wait_until_listening();
         proxy
     }
@@ -43,11 +39,7 @@ impl ProxyProcess {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("lakebase-proxy exited with {status}: {}", self.log_text());
             }
-            assert!(
-                Instant::now() < deadline,
-                "lakebase-proxy did not listen: {}",
-                self.log_text()
-            );
+            assert!(Instant::now() < deadline, "lakebase-proxy did not listen: {}", self.log_text());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -60,11 +52,7 @@ impl ProxyProcess {
     /// Sends SIGTERM and returns the exit status and the log.
     pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
         let mut child = self.child.take().unwrap();
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
+        Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
         let status = child.wait().unwrap();
         (status, self.log_text())
     }
@@ -81,9 +69,5 @@ impl Drop for ProxyProcess {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

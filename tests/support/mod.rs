@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 pub mod binary;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 
 /// Role authenticated with `scram-sha-256` (the server offers SCRAM-SHA-256-PLUS over TLS).
@@ -48,10 +47,7 @@ pub struct TestPki {
 impl TestPki {
     /// A fresh CA in a new temporary directory (removed when dropped).
     pub fn new() -> TestPki {
-        let tmp = tempfile::Builder::new()
-            .prefix("lakebase-pki-")
-            .tempdir()
-            .expect("create PKI temp dir");
+        let tmp = tempfile::Builder::new().prefix("lakebase-pki-").tempdir().expect("create PKI temp dir");
         let mut pki = TestPki::in_dir(tmp.path());
         pki._tmp = Some(tmp);
         pki
@@ -67,11 +63,8 @@ impl TestPki {
         let seq = CA_SEQ.fetch_add(1, Ordering::Relaxed);
         let cn = format!("lakebase-proxy test CA {}-{seq}", std::process::id());
         params.distinguished_name.push(DnType::CommonName, cn);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate().expect("CA key");
         let cert = params.self_signed(&key).expect("self-sign CA");
         let ca_path = dir.join("ca.crt");
@@ -102,10 +95,7 @@ impl TestPki {
             params.distinguished_name.push(DnType::CommonName, first);
         }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let key = KeyPair::generate().expect("leaf key");
         let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
         let cert = params.signed_by(&key, &issuer).expect("sign leaf");
@@ -154,9 +144,7 @@ fn pg_bindir() -> PathBuf {
         // pg_config may belong to a client-only package: take the newest server.
         let entries = fs::read_dir("/usr/lib/postgresql").into_iter().flatten();
         let version = |e: &fs::DirEntry| e.file_name().to_str()?.parse::<u32>().ok();
-        let servers = entries
-            .flatten()
-            .filter_map(|e| Some((version(&e)?, e.path().join("bin"))));
+        let servers = entries.flatten().filter_map(|e| Some((version(&e)?, e.path().join("bin"))));
         let newest = servers.filter(|(_, p)| p.join("postgres").exists()).max();
         newest.expect("no PostgreSQL server binaries found").1
     };
@@ -286,11 +274,8 @@ impl PgServer {
             cert.display(),
             key.display()
         );
-        let f = OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"));
-        f.and_then(|mut f| f.write_all(conf.as_bytes()))
-            .expect("append postgresql.conf");
+        let f = OpenOptions::new().append(true).open(data.join("postgresql.conf"));
+        f.and_then(|mut f| f.write_all(conf.as_bytes())).expect("append postgresql.conf");
         // First match wins, so the per-user methods must precede the catch-all.
         fs::write(
             data.join("pg_hba.conf"),
@@ -351,11 +336,7 @@ impl PgServer {
     }
 
     fn spawn(&self) -> Child {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open server log");
+        let log = OpenOptions::new().create(true).append(true).open(self.log_path()).expect("open server log");
         let mut cmd = as_postgres(Path::new("sh"));
         cmd.arg("-c")
             .arg(WRAPPER)
@@ -388,11 +369,7 @@ impl PgServer {
             if exited || Instant::now() > deadline {
                 // The background reader only exits once its pipe is closed.
                 Self::shut_down(&mut child, true);
-                let what = if exited {
-                    "exited"
-                } else {
-                    "not ready after 30 s"
-                };
+                let what = if exited { "exited" } else { "not ready after 30 s" };
                 let msg = format!("postgres {what}; log tail:\n{}", self.log_tail());
                 // An exit is most likely a port collision, which the caller retries.
                 return if exited { Err(msg) } else { panic!("{msg}") };
@@ -466,9 +443,10 @@ impl PgServer {
             Self::shut_down(&mut child, true);
         }
         let child = self.spawn();
-        *guard = Some(self.wait_ready(child).unwrap_or_else(|log| {
-            panic!("postgres failed to restart on port {}:\n{log}", self.port)
-        }));
+        *guard = Some(
+            self.wait_ready(child)
+                .unwrap_or_else(|log| panic!("postgres failed to restart on port {}:\n{log}", self.port)),
+        );
     }
 
     /// Fast-stops postgres (idempotent); [`PgServer::restart`] starts it
