@@ -58,19 +58,11 @@ fn data_row(values: &[&[u8]]) -> Vec<u8> {
 /// A typical small result set: RowDescription, 100 DataRows, CommandComplete, ReadyForQuery.
 fn result_set_100_rows() -> Bytes {
     let mut buf = BytesMut::new();
-    put_message(
-        &mut buf,
-        b'T',
-        &row_description(&["aid", "bid", "abalance", "filler"]),
-    );
+    put_message(&mut buf, b'T', &row_description(&["aid", "bid", "abalance", "filler"]));
     for i in 0..100u32 {
         let aid = i.to_string();
         let filler = [b' '; 84]; // pgbench_accounts.filler is char(84)
-        put_message(
-            &mut buf,
-            b'D',
-            &data_row(&[aid.as_bytes(), b"1", b"0", &filler]),
-        );
+        put_message(&mut buf, b'D', &data_row(&[aid.as_bytes(), b"1", b"0", &filler]));
     }
     put_message(&mut buf, b'C', b"SELECT 100\0");
     put_message(&mut buf, b'Z', b"I");
@@ -80,12 +72,9 @@ fn result_set_100_rows() -> Bytes {
 /// The startup body psql 15 sends (after the 4-byte length).
 fn psql_startup_body() -> Vec<u8> {
     let mut body = startup::PROTOCOL_3_0.to_be_bytes().to_vec();
-    for (key, value) in [
-        ("user", "bench"),
-        ("database", "bench"),
-        ("application_name", "psql"),
-        ("client_encoding", "UTF8"),
-    ] {
+    for (key, value) in
+        [("user", "bench"), ("database", "bench"), ("application_name", "psql"), ("client_encoding", "UTF8")]
+    {
         body.extend_from_slice(key.as_bytes());
         body.push(0);
         body.extend_from_slice(value.as_bytes());
@@ -197,30 +186,17 @@ const BULK_TOTAL: usize = 10 * 1024 * 1024;
 const BULK_ROW: usize = 8 * 1024;
 
 fn current_thread() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
 fn two_workers() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 /// A client-facing stream. With `via_relay` it passes through a spawned [`Relay`]; without,
 /// the client talks to the server directly (the baseline). The returned handle yields how
 /// the relay ended.
-fn connect(
-    via_relay: bool,
-) -> (
-    DuplexStream,
-    DuplexStream,
-    Option<tokio::task::JoinHandle<RelayEnd>>,
-) {
+fn connect(via_relay: bool) -> (DuplexStream, DuplexStream, Option<tokio::task::JoinHandle<RelayEnd>>) {
     if !via_relay {
         let (client, server) = duplex(PIPE_CAPACITY);
         return (client, server, None);
@@ -229,9 +205,7 @@ fn connect(
     let (mut relay_upstream_side, server) = duplex(PIPE_CAPACITY);
     let relay = tokio::spawn(async move {
         let mut relay = Relay::default();
-        relay
-            .run(&mut relay_client_side, &mut relay_upstream_side)
-            .await
+        relay.run(&mut relay_client_side, &mut relay_upstream_side).await
         // Both relay ends drop here, so the server sees EOF.
     });
     (client, server, Some(relay))
@@ -246,10 +220,7 @@ async fn finish<S: AsyncWrite + Unpin>(
     client.write_all(TERMINATE).await.unwrap();
     if let Some(relay) = relay {
         let end = relay.await.unwrap();
-        assert!(
-            matches!(end, RelayEnd::ClientTerminated),
-            "relay ended with {end:?}"
-        );
+        assert!(matches!(end, RelayEnd::ClientTerminated), "relay ended with {end:?}");
     } else {
         drop(client);
     }
@@ -258,11 +229,7 @@ async fn finish<S: AsyncWrite + Unpin>(
 
 /// Answers every Query with `answer` until the client side goes away (or, on the baseline, a
 /// Terminate arrives).
-async fn echo_server<S: AsyncRead + AsyncWrite + Unpin>(
-    mut server: S,
-    query_len: usize,
-    answer: Bytes,
-) {
+async fn echo_server<S: AsyncRead + AsyncWrite + Unpin>(mut server: S, query_len: usize, answer: Bytes) {
     let mut query = vec![0u8; query_len];
     loop {
         match server.read_exact(&mut query).await {
@@ -321,9 +288,7 @@ fn bench_relay(c: &mut Criterion) {
     // One element = one round trip, so criterion reports round trips per second.
     group.throughput(Throughput::Elements(ROUND_TRIPS));
     for (name, via_relay) in [("baseline_no_relay", false), ("relay", true)] {
-        group.bench_function(name, |b| {
-            b.iter(|| rt.block_on(ping_pong(via_relay, &query, &answer)))
-        });
+        group.bench_function(name, |b| b.iter(|| rt.block_on(ping_pong(via_relay, &query, &answer))));
     }
     group.finish();
 
@@ -337,9 +302,7 @@ fn bench_relay(c: &mut Criterion) {
         ("relay/current_thread", &rt, true),
         ("relay/2_workers", &multi, true),
     ] {
-        group.bench_function(name, |b| {
-            b.iter(|| runtime.block_on(bulk(via_relay, &query, &bulk_answer)))
-        });
+        group.bench_function(name, |b| b.iter(|| runtime.block_on(bulk(via_relay, &query, &bulk_answer))));
     }
     group.finish();
 }
