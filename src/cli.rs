@@ -114,6 +114,14 @@ pub struct Cli {
     #[arg(long, env = "LAKEBASE_PROXY_STARTUP_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub startup_timeout: Duration,
 
+    /// Most client connections at once over all targets; beyond it clients get SQLSTATE 53300.
+    #[arg(long, env = "LAKEBASE_PROXY_MAX_CLIENT_CONNECTIONS", default_value_t = 5000)]
+    pub max_client_connections: usize,
+
+    /// On SIGTERM/SIGINT, let running transactions finish for up to this long; then sessions get SQLSTATE 57P01.
+    #[arg(long, env = "LAKEBASE_PROXY_MAX_SIGTERM_DELAY", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub max_sigterm_delay: Duration,
+
     /// Log format.
     #[arg(long, env = "LAKEBASE_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -173,6 +181,8 @@ impl Cli {
             },
             connect_timeout: self.connect_timeout,
             startup_timeout: self.startup_timeout,
+            max_client_connections: self.max_client_connections,
+            max_sigterm_delay: self.max_sigterm_delay,
         })
     }
 }

@@ -60,6 +60,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Limit for a client's startup handshake.
     pub startup_timeout: Duration,
+    /// Most client connections at once, over all targets.
+    pub max_client_connections: usize,
+    /// On SIGTERM/SIGINT, how long running transactions may take to finish.
+    pub max_sigterm_delay: Duration,
 }
 
 impl Config {
@@ -80,6 +84,8 @@ impl Config {
             pool: PoolSettings::default(),
             connect_timeout: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(15),
+            max_client_connections: 5000,
+            max_sigterm_delay: Duration::from_secs(15),
         }
     }
 

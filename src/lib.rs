@@ -22,6 +22,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod relay;
 pub mod resolve;
+pub mod shutdown;
 pub mod target;
 pub mod tls;
 pub mod upstream;

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
     let run_connection_test = cli.run_connection_test;
+    let grace = cli.max_sigterm_delay;
     let config = match cli.into_config() {
         Ok(config) => config,
         Err(error) => {
@@ -47,8 +48,11 @@ fn main() -> ExitCode {
             }
         };
         let signal = wait_for_signal().await;
-        info!(signal, "stopping");
-        proxy.stop().await;
+        info!(signal, grace = ?grace, "stopping: no new clients; sessions may finish their transactions");
+        tokio::select! {
+            () = proxy.shutdown(grace) => info!("stopped"),
+            signal = wait_for_signal() => info!(signal, "second signal: stopping now"),
+        }
         ExitCode::SUCCESS
     })
 }

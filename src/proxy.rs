@@ -5,9 +5,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
 
 use crate::cancel::CancelRegistry;
 use crate::client::{Listener, TargetContext};
@@ -15,6 +19,7 @@ use crate::config::Config;
 use crate::credentials::CredentialCache;
 use crate::pool::{HostResolver, PoolKey, Pools, Upstream};
 use crate::resolve::{ResolveTargetError, resolve_targets, roots};
+use crate::shutdown::{self, ShutdownTrigger};
 use crate::target::Target;
 use crate::tls::{self, TlsSetupError};
 use crate::upstream::{ConnectError, Endpoint};
@@ -44,7 +49,8 @@ pub enum StartError {
 /// A started proxy. Dropping it does not stop it; call [`RunningProxy::stop`].
 pub struct RunningProxy {
     targets: Vec<RunningTarget>,
-    stop: watch::Sender<bool>,
+    trigger: ShutdownTrigger,
+    sessions: TaskTracker,
     listener_tasks: Vec<JoinHandle<()>>,
     background_tasks: Vec<JoinHandle<()>>,
 }
@@ -65,6 +71,9 @@ impl RunningProxy {
             None => None,
         };
         let cancels = Arc::new(CancelRegistry::default());
+        let (trigger, shutdown) = shutdown::channel();
+        let sessions = TaskTracker::new();
+        let client_slots = Arc::new(Semaphore::new(config.max_client_connections));
         let mut targets = Vec::new();
         let mut listeners = Vec::new();
         for (index, resolved_target) in resolved.targets.into_iter().enumerate() {
@@ -78,6 +87,9 @@ impl RunningProxy {
                 client_tls: client_tls.clone(),
                 lazy_attach: config.lazy_attach,
                 startup_timeout: config.startup_timeout,
+                shutdown: shutdown.clone(),
+                sessions: sessions.clone(),
+                client_slots: client_slots.clone(),
             });
             let address = SocketAddr::new(config.address, config.listen_port(index));
             let tcp = Listener::tcp(address)
@@ -99,12 +111,10 @@ impl RunningProxy {
             targets.push(RunningTarget { tcp_address, unix_socket, pools });
         }
 
-        let (stop, stopped) = watch::channel(false);
         let mut background_tasks: Vec<_> = targets.iter().map(|t| t.pools.spawn_maintenance()).collect();
         background_tasks.extend(resolved.caches.iter().map(|cache| cache.spawn_refresher()));
-        let listener_tasks =
-            listeners.into_iter().map(|(listener, ctx)| tokio::spawn(listener.run(ctx, stopped.clone()))).collect();
-        Ok(RunningProxy { targets, stop, listener_tasks, background_tasks })
+        let listener_tasks = listeners.into_iter().map(|(listener, ctx)| tokio::spawn(listener.run(ctx))).collect();
+        Ok(RunningProxy { targets, trigger, sessions, listener_tasks, background_tasks })
     }
 
     /// The TCP address target number `index` listens on.
@@ -122,18 +132,33 @@ impl RunningProxy {
         &self.targets[index].pools
     }
 
-    /// Stops accepting clients and stops background work. Sessions in progress are not
-    /// interrupted.
+    /// Stops at once: no more clients, and sessions end at their next idle point.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.shutdown(Duration::ZERO).await;
+    }
+
+    /// Stops accepting clients, lets sessions finish their transactions for up to `grace`
+    /// (each then gets SQLSTATE 57P01 at its next idle point, or at the deadline), waits for
+    /// them, and stops the background work.
+    pub async fn shutdown(self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        self.trigger.begin(deadline);
         for task in self.listener_tasks {
             let _ = task.await;
+        }
+        self.sessions.close();
+        // Sessions stop at the deadline; the margin covers writing their last words.
+        if tokio::time::timeout_at(deadline + SHUTDOWN_MARGIN, self.sessions.wait()).await.is_err() {
+            warn!(remaining = self.sessions.len(), "sessions still open at the shutdown deadline");
         }
         for task in self.background_tasks {
             task.abort();
         }
     }
 }
+
+/// Time after the drain deadline for sessions to send their 57P01 and close.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
 
 /// How to reach `target`: its TLS trust (`sslrootcert=`, else `--ca-file`, else the system
 /// store), endpoint, password source and pool limits.

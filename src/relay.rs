@@ -229,6 +229,8 @@ fn scan_from_upstream(pipe: &mut Pipe, state: &mut SessionState) -> io::Result<(
 /// Why a relay ended.
 #[derive(Debug)]
 pub enum RelayEnd {
+    /// The session reached an idle point and [`Relay::detach_when_idle`] was set.
+    Idle,
     /// The client sent Terminate.
     ClientTerminated,
     /// The client closed its connection or it failed.
@@ -247,6 +249,9 @@ pub struct Relay {
     to_client: Pipe,
     /// Transaction state as seen on the wire.
     pub state: SessionState,
+    /// End with [`RelayEnd::Idle`] as soon as the session is idle outside a transaction with
+    /// nothing in flight (a draining shutdown now; transaction pooling later).
+    pub detach_when_idle: bool,
 }
 
 impl Default for Relay {
@@ -258,7 +263,7 @@ impl Default for Relay {
 impl Relay {
     /// A relay for a session whose upstream is in `state`.
     pub fn new(state: SessionState) -> Relay {
-        Relay { to_upstream: Pipe::default(), to_client: Pipe::default(), state }
+        Relay { to_upstream: Pipe::default(), to_client: Pipe::default(), state, detach_when_idle: false }
     }
 
     /// Feeds bytes already read from either side (a client's first message read while
@@ -296,10 +301,9 @@ impl Relay {
                 Err(PumpError::Protocol(error)) => RelayEnd::ClientProtocolViolation(error),
             });
         }
-        let inbound = self.to_client.poll_pump(cx, upstream, client, |pipe| {
-            pipe.scan(|tag| tag == b'Z', |tag, body| state.server_message(tag, body))
-        });
+        let inbound = self.to_client.poll_pump(cx, upstream, client, |pipe| scan_from_upstream(pipe, state));
         match inbound {
+            Poll::Pending if self.detach_when_idle && self.at_rest() => Poll::Ready(RelayEnd::Idle),
             Poll::Pending => Poll::Pending,
             Poll::Ready(end) => Poll::Ready(match end {
                 Ok(PumpEnd::Eof | PumpEnd::Stopped) => RelayEnd::UpstreamGone(None),
@@ -310,11 +314,23 @@ impl Relay {
         }
     }
 
+    /// Idle outside a transaction, nothing half-read from either side and nothing waiting to
+    /// be written or flushed.
+    fn at_rest(&self) -> bool {
+        self.state.is_idle()
+            && self.to_upstream.buf.is_empty()
+            && self.to_upstream.body_left == 0
+            && !self.to_upstream.unflushed
+            && self.to_client.buf.is_empty()
+            && self.to_client.body_left == 0
+            && !self.to_client.unflushed
+    }
+
     /// Whether the upstream connection can serve another client after the relay ended with
     /// `end`: the upstream is still there, idle outside a transaction, and neither direction
     /// stopped in the middle of a message.
     pub fn upstream_reusable(&self, end: &RelayEnd) -> bool {
-        matches!(end, RelayEnd::ClientTerminated | RelayEnd::ClientGone(_))
+        matches!(end, RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) | RelayEnd::Idle)
             && self.state.is_idle()
             // Whatever the client sent after its last whole message never reached the upstream.
             && self.to_upstream.body_left == 0

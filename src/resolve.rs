@@ -9,10 +9,10 @@ use tracing::{info, warn};
 use crate::config::{Config, PasswordSource};
 use crate::credentials::{CommandSource, CredentialCache, CredentialSource, FileSource, RefreshPolicy};
 use crate::databricks::auth::AuthError;
-use crate::pool::HostResolver;
 use crate::databricks::config::ConfigError;
 use crate::databricks::lakebase::ResolveError;
 use crate::databricks::{ApiError, LakebaseSource, Workspace, WorkspaceConfig, client};
+use crate::pool::HostResolver;
 use crate::target::{DEFAULT_PORT, LAKEBASE_DEFAULT_DATABASE, LakebaseTarget, Target, TargetSpec};
 use crate::tls::{self, TlsSetupError, TrustRoots};
 

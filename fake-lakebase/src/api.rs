@@ -36,12 +36,7 @@ pub(crate) struct Api {
 }
 
 /// Accepts TLS connections until `shutdown` flips.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    tls: TlsAcceptor,
-    api: Arc<Api>,
-    shutdown: watch::Receiver<bool>,
-) {
+pub(crate) async fn serve(listener: TcpListener, tls: TlsAcceptor, api: Arc<Api>, shutdown: watch::Receiver<bool>) {
     loop {
         let mut stop = shutdown.clone();
         let (tcp, _) = tokio::select! {
@@ -63,8 +58,7 @@ pub(crate) async fn serve(
                 let api = api.clone();
                 async move { Ok::<_, Infallible>(handle(&api, req).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = conn => {}
                 _ = stop.changed() => {}
@@ -76,34 +70,21 @@ pub(crate) async fn serve(
 fn json_resp(status: u16, body: Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
 /// The Databricks REST error shape.
 fn error(status: u16, code: &str, message: impl Into<String>) -> Resp {
-    json_resp(
-        status,
-        json!({"error_code": code, "message": message.into()}),
-    )
+    json_resp(status, json!({"error_code": code, "message": message.into()}))
 }
 
 /// An injected failure, shaped as the real service answers it.
 fn injected(status: u16, retry_after: Option<u32>) -> Resp {
     let (code, msg) = match status {
-        429 => (
-            "RESOURCE_EXHAUSTED",
-            "Too many requests. Please wait a moment and try again.",
-        ),
-        500 => (
-            "INTERNAL_ERROR",
-            "Internal error (injected by fake-lakebase)",
-        ),
-        503 => (
-            "TEMPORARILY_UNAVAILABLE",
-            "The service is temporarily unavailable. Please try again later.",
-        ),
+        429 => ("RESOURCE_EXHAUSTED", "Too many requests. Please wait a moment and try again."),
+        500 => ("INTERNAL_ERROR", "Internal error (injected by fake-lakebase)"),
+        503 => ("TEMPORARILY_UNAVAILABLE", "The service is temporarily unavailable. Please try again later."),
         400 => ("INVALID_PARAMETER_VALUE", "Invalid request (injected)"),
         401 => ("UNAUTHENTICATED", "Credential was not sent or was invalid."),
         403 => ("PERMISSION_DENIED", "Permission denied (injected)"),
@@ -118,18 +99,11 @@ fn injected(status: u16, retry_after: Option<u32>) -> Resp {
 }
 
 fn unauthenticated() -> Resp {
-    error(
-        401,
-        "UNAUTHENTICATED",
-        "Credential was not sent or was of an unsupported type for this API.",
-    )
+    error(401, "UNAUTHENTICATED", "Credential was not sent or was of an unsupported type for this API.")
 }
 
 fn header(req: &Request<Incoming>, name: impl hyper::header::AsHeaderName) -> Option<String> {
-    req.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+    req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
 async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
@@ -140,10 +114,7 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
     let latency = {
         let mut st = api.state.lock().unwrap();
         st.counters.api_calls += 1;
-        *st.counters
-            .calls_by_path
-            .entry(format!("{method} {path}"))
-            .or_default() += 1;
+        *st.counters.calls_by_path.entry(format!("{method} {path}")).or_default() += 1;
         if let Some(ua) = header(&req, USER_AGENT) {
             st.last_user_agent = Some(ua);
         }
@@ -155,11 +126,7 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
-            return error(
-                400,
-                "INVALID_PARAMETER_VALUE",
-                "request body too large or unreadable",
-            );
+            return error(400, "INVALID_PARAMETER_VALUE", "request body too large or unreadable");
         }
     };
     let is_oidc = path.starts_with("/oidc/");
@@ -203,11 +170,8 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
             json_resp(200, me)
         }
         (&Method::GET, ["postgres", "projects"]) => {
-            let items: Vec<(String, Value)> = st
-                .projects
-                .iter()
-                .map(|(p, proj)| (p.clone(), project_json(p, proj)))
-                .collect();
+            let items: Vec<(String, Value)> =
+                st.projects.iter().map(|(p, proj)| (p.clone(), project_json(p, proj))).collect();
             page(&query, "projects", items)
         }
         (&Method::GET, ["postgres", "projects", p]) => match st.projects.get(*p) {
@@ -216,21 +180,13 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
         },
         (&Method::GET, ["postgres", "projects", p, "branches"]) => match st.projects.get(*p) {
             Some(proj) => {
-                let items = proj
-                    .branches
-                    .iter()
-                    .map(|(b, br)| (b.clone(), branch_json(p, b, br, proj)))
-                    .collect();
+                let items = proj.branches.iter().map(|(b, br)| (b.clone(), branch_json(p, b, br, proj))).collect();
                 page(&query, "branches", items)
             }
             None => not_found(&format!("projects/{p}")),
         },
         (&Method::GET, ["postgres", "projects", p, "branches", b]) => {
-            match st
-                .projects
-                .get(*p)
-                .and_then(|proj| Some((proj, proj.branches.get(*b)?)))
-            {
+            match st.projects.get(*p).and_then(|proj| Some((proj, proj.branches.get(*b)?))) {
                 Some((proj, br)) => json_resp(200, branch_json(p, b, br, proj)),
                 None => not_found(&format!("projects/{p}/branches/{b}")),
             }
@@ -242,12 +198,7 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
                     let items = br
                         .endpoints
                         .iter()
-                        .map(|(e, ep)| {
-                            (
-                                e.clone(),
-                                endpoint_json(&state::endpoint_name(p, b, e), ep, suffix),
-                            )
-                        })
+                        .map(|(e, ep)| (e.clone(), endpoint_json(&state::endpoint_name(p, b, e), ep, suffix)))
                         .collect();
                     page(&query, "endpoints", items)
                 }
@@ -261,9 +212,7 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
                 None => not_found(&name),
             }
         }
-        (&Method::POST, ["postgres", "credentials"]) => {
-            postgres_credential(&mut st, &who.role, &body)
-        }
+        (&Method::POST, ["postgres", "credentials"]) => postgres_credential(&mut st, &who.role, &body),
         (&Method::GET, ["database", "instances", name]) => match st.instances.get(*name) {
             Some(inst) => {
                 let s = &st.host_suffix;
@@ -278,34 +227,20 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
                     }),
                 )
             }
-            None => error(
-                404,
-                "NOT_FOUND",
-                format!("Database instance '{name}' does not exist."),
-            ),
+            None => error(404, "NOT_FOUND", format!("Database instance '{name}' does not exist.")),
         },
-        (&Method::POST, ["database", "credentials"]) => {
-            database_credential(&mut st, &who.role, &body)
-        }
+        (&Method::POST, ["database", "credentials"]) => database_credential(&mut st, &who.role, &body),
         _ => no_such_api(&method, &path),
     }
 }
 
 /// What Databricks answers for a path or method it has no API for.
 fn no_such_api(method: &Method, path: &str) -> Resp {
-    error(
-        404,
-        "ENDPOINT_NOT_FOUND",
-        format!("No API found for '{method} {path}'"),
-    )
+    error(404, "ENDPOINT_NOT_FOUND", format!("No API found for '{method} {path}'"))
 }
 
 fn not_found(name: &str) -> Resp {
-    error(
-        404,
-        "NOT_FOUND",
-        format!("Resource '{name}' does not exist."),
-    )
+    error(404, "NOT_FOUND", format!("Resource '{name}' does not exist."))
 }
 
 fn bad_param(message: impl Into<String>) -> Resp {
@@ -375,35 +310,33 @@ fn page(query: &str, field: &str, items: Vec<(String, Value)>) -> Resp {
             _ => {}
         }
     }
-    let rest: Vec<&(String, Value)> = items
-        .iter()
-        .filter(|(k, _)| after.as_ref().is_none_or(|a| k > a))
-        .collect();
+    let rest: Vec<&(String, Value)> = items.iter().filter(|(k, _)| after.as_ref().is_none_or(|a| k > a)).collect();
     let this: Vec<Value> = rest.iter().take(size).map(|(_, v)| v.clone()).collect();
     let mut out = json!({ field: this });
     if rest.len() > size {
         let last = &rest[size - 1].0;
-        out["next_page_token"] =
-            json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last));
+        out["next_page_token"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last));
     }
     json_resp(200, out)
 }
 
-fn parse_json_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, Resp> {
+fn parse_json_body(body: &[u8]) -> Option<serde_json::Map<String, Value>> {
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        _ => Err(error(
-            400,
-            "MALFORMED_REQUEST",
-            "Request body must be a JSON object",
-        )),
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
     }
 }
 
-/// Protobuf-JSON duration (`"3600s"`, `"300.5s"`).
-fn parse_proto_duration(s: &str) -> Option<Duration> {
+fn malformed() -> Resp {
+    error(400, "MALFORMED_REQUEST", "Request body must be a JSON object")
+}
+
+/// A protobuf-JSON duration (`"3600s"`, `"300.5s"`) within the credential
+/// API's 300 s - 3600 s. The range is checked on the float so that absurd
+/// values (`"1e300s"`) are refused instead of overflowing `Duration`.
+fn parse_ttl(s: &str) -> Option<Duration> {
     let secs: f64 = s.strip_suffix('s')?.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    (300.0..=3600.0).contains(&secs).then(|| Duration::from_secs_f64(secs))
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -413,9 +346,8 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 fn postgres_credential(st: &mut State, role: &str, body: &[u8]) -> Resp {
-    let req = match parse_json_body(body) {
-        Ok(m) => m,
-        Err(r) => return r,
+    let Some(req) = parse_json_body(body) else {
+        return malformed();
     };
     let Some(endpoint) = req.get("endpoint").and_then(Value::as_str) else {
         return bad_param("Missing required field: endpoint");
@@ -427,25 +359,19 @@ fn postgres_credential(st: &mut State, role: &str, body: &[u8]) -> Resp {
     }
     let ttl = match req.get("ttl") {
         None | Some(Value::Null) => DEFAULT_DB_TOKEN_TTL,
-        Some(Value::String(s)) => match parse_proto_duration(s) {
-            Some(d) if (300.0..=3600.0).contains(&d.as_secs_f64()) => d,
-            _ => return bad_param(format!("ttl must be between 300s and 3600s, got '{s}'")),
+        Some(Value::String(s)) => match parse_ttl(s) {
+            Some(d) => d,
+            None => return bad_param(format!("ttl must be between 300s and 3600s, got '{s}'")),
         },
         Some(other) => {
-            return bad_param(format!(
-                "ttl must be a duration string like \"3600s\", got {other}"
-            ));
+            return bad_param(format!("ttl must be a duration string like \"3600s\", got {other}"));
         }
     };
     if st.endpoint(endpoint).is_none() {
         return not_found(endpoint);
     }
-    let (token, expires) =
-        st.mint_db_token(role, vec![Target::Endpoint(endpoint.to_string())], ttl);
-    json_resp(
-        200,
-        json!({"token": token, "expire_time": rfc3339(expires)}),
-    )
+    let (token, expires) = st.mint_db_token(role, vec![Target::Endpoint(endpoint.to_string())], ttl);
+    json_resp(200, json!({"token": token, "expire_time": rfc3339(expires)}))
 }
 
 fn looks_like_uuid(s: &str) -> bool {
@@ -457,9 +383,8 @@ fn looks_like_uuid(s: &str) -> bool {
 }
 
 fn database_credential(st: &mut State, role: &str, body: &[u8]) -> Resp {
-    let req = match parse_json_body(body) {
-        Ok(m) => m,
-        Err(r) => return r,
+    let Some(req) = parse_json_body(body) else {
+        return malformed();
     };
     let names: Vec<&str> = match req.get("instance_names").and_then(Value::as_array) {
         Some(a) if !a.is_empty() => match a.iter().map(Value::as_str).collect::<Option<_>>() {
@@ -474,29 +399,16 @@ fn database_credential(st: &mut State, role: &str, body: &[u8]) -> Resp {
         None => return bad_param("Missing required field: request_id"),
     }
     if let Some(missing) = names.iter().find(|n| !st.instances.contains_key(**n)) {
-        return error(
-            404,
-            "NOT_FOUND",
-            format!("Database instance '{missing}' does not exist."),
-        );
+        return error(404, "NOT_FOUND", format!("Database instance '{missing}' does not exist."));
     }
-    let targets = names
-        .iter()
-        .map(|n| Target::Instance(n.to_string()))
-        .collect();
+    let targets = names.iter().map(|n| Target::Instance(n.to_string())).collect();
     let (token, expires) = st.mint_db_token(role, targets, DEFAULT_DB_TOKEN_TTL);
-    json_resp(
-        200,
-        json!({"token": token, "expiration_time": rfc3339(expires)}),
-    )
+    json_resp(200, json!({"token": token, "expiration_time": rfc3339(expires)}))
 }
 
 /// OAuth error shape (RFC 6749), used by the token endpoint instead of Databricks'.
 fn oauth_error(status: u16, error: &str, description: &str) -> Resp {
-    json_resp(
-        status,
-        json!({"error": error, "error_description": description}),
-    )
+    json_resp(status, json!({"error": error, "error_description": description}))
 }
 
 fn oidc(api: &Api, method: &Method, path: &str, auth: Option<&str>, body: &[u8]) -> Resp {
@@ -519,9 +431,8 @@ fn oidc(api: &Api, method: &Method, path: &str, auth: Option<&str>, body: &[u8])
             )
         }
         (&Method::POST, "/oidc/v1/token") => {
-            let form: Vec<(String, String)> = url::form_urlencoded::parse(body)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
+            let form: Vec<(String, String)> =
+                url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
             let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
             // HTTP Basic (what the SDKs send), else client_secret_post.
             let basic = auth.and_then(|a| {
@@ -529,19 +440,12 @@ fn oidc(api: &Api, method: &Method, path: &str, auth: Option<&str>, body: &[u8])
                 if !scheme.eq_ignore_ascii_case("basic") {
                     return None;
                 }
-                let raw = base64::engine::general_purpose::STANDARD
-                    .decode(b64.trim())
-                    .ok()?;
+                let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
                 let raw = String::from_utf8(raw).ok()?;
                 let (id, secret) = raw.split_once(':')?;
                 Some((id.to_string(), secret.to_string()))
             });
-            let creds = basic.or_else(|| {
-                Some((
-                    get("client_id")?.to_string(),
-                    get("client_secret")?.to_string(),
-                ))
-            });
+            let creds = basic.or_else(|| Some((get("client_id")?.to_string(), get("client_secret")?.to_string())));
             let client_id = match creds {
                 Some((id, secret)) if st.sp_secrets.get(&id) == Some(&secret) => id,
                 _ => return oauth_error(401, "invalid_client", "Client authentication failed"),
@@ -550,25 +454,14 @@ fn oidc(api: &Api, method: &Method, path: &str, auth: Option<&str>, body: &[u8])
                 return injected(status, retry_after);
             }
             if get("grant_type") != Some("client_credentials") {
-                return oauth_error(
-                    400,
-                    "unsupported_grant_type",
-                    "Only client_credentials is supported here",
-                );
+                return oauth_error(400, "unsupported_grant_type", "Only client_credentials is supported here");
             }
             let scope = get("scope").unwrap_or("");
             if !scope.split(' ').any(|s| s == "all-apis") {
-                return oauth_error(
-                    400,
-                    "invalid_scope",
-                    "The requested scope is invalid, unknown, or malformed.",
-                );
+                return oauth_error(400, "invalid_scope", "The requested scope is invalid, unknown, or malformed.");
             }
             let token = state::random_token(48);
-            st.oauth_tokens.insert(
-                token.clone(),
-                (client_id, SystemTime::now() + OAUTH_TOKEN_TTL),
-            );
+            st.oauth_tokens.insert(token.clone(), (client_id, SystemTime::now() + OAUTH_TOKEN_TTL));
             st.counters.oidc_tokens_issued += 1;
             json_resp(
                 200,

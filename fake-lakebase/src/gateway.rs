@@ -31,11 +31,14 @@ const MAX_UPSTREAM_LOGIN_MSG: usize = 1 << 20;
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often sessions are checked against the maximum connection age.
 const REAPER_PERIOD: Duration = Duration::from_millis(50);
+/// Relay buffer per direction: larger than tokio's 8 KiB default so the fake
+/// is not the bottleneck in the proxy's throughput benchmarks.
+const RELAY_BUF: usize = 64 * 1024;
 /// Database Lakebase logs into when the client names none.
 const DEFAULT_DATABASE: &str = "databricks_postgres";
 
 const INSECURE: &str = "connection is insecure (try using `sslmode=require`)";
-const NO_ENDPOINT: &str = "Endpoint ID is not specified. Either please upgrade the postgres client library (libpq) for SNI support or pass the endpoint ID (first part of the domain name) as a parameter: '?options=endpoint%3D<endpoint-id>'. See more at https://neon.tech/sni";
+const NO_ENDPOINT: &str = "Endpoint ID is not specified. Either please upgrade the postgres client library (libpq) for SNI support or pass the endpoint ID (first part of the domain name) as a parameter: '?options=endpoint%3D<endpoint-id>'.";
 const UNKNOWN_ENDPOINT: &str = "The requested endpoint could not be found, or you don't have access to it. Please check the provided ID and try again.";
 
 pub(crate) struct Gateway {
@@ -46,11 +49,7 @@ pub(crate) struct Gateway {
 }
 
 /// Accepts connections until `shutdown` flips (or its sender is dropped).
-pub(crate) async fn serve(
-    listener: TcpListener,
-    gw: Arc<Gateway>,
-    shutdown: watch::Receiver<bool>,
-) {
+pub(crate) async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: watch::Receiver<bool>) {
     tokio::spawn(reap_old_sessions(gw.state.clone(), shutdown.clone()));
     loop {
         let mut stop = shutdown.clone();
@@ -79,10 +78,7 @@ pub(crate) async fn serve(
 
 /// Whether a suspension in `Refuse` mode is in force (clearing a past one).
 fn refusing(state: &Mutex<State>) -> bool {
-    matches!(
-        current_suspension(&mut state.lock().unwrap()),
-        Some(WakeMode::Refuse)
-    )
+    matches!(current_suspension(&mut state.lock().unwrap()), Some(WakeMode::Refuse))
 }
 
 fn current_suspension(st: &mut State) -> Option<WakeMode> {
@@ -105,11 +101,7 @@ async fn reap_old_sessions(state: Arc<Mutex<State>>, mut shutdown: watch::Receiv
         }
         let mut st = state.lock().unwrap();
         if let Some(age) = st.max_age {
-            for s in st
-                .sessions
-                .values_mut()
-                .filter(|s| s.started.elapsed() >= age)
-            {
+            for s in st.sessions.values_mut().filter(|s| s.started.elapsed() >= age) {
                 if let Some(k) = s.kill.take() {
                     let _ = k.send(());
                 }
@@ -141,14 +133,9 @@ impl Drop for SessionGuard {
 }
 
 async fn relay(s: Established, mut shutdown: watch::Receiver<bool>) {
-    let Established {
-        mut client,
-        mut upstream,
-        kill,
-        _guard,
-    } = s;
+    let Established { mut client, mut upstream, kill, _guard } = s;
     let killed = tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => false,
+        _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, RELAY_BUF, RELAY_BUF) => false,
         _ = kill => true,
         _ = shutdown.changed() => true,
     };
@@ -162,12 +149,7 @@ async fn relay(s: Established, mut shutdown: watch::Receiver<bool>) {
 /// ErrorResponse with severity FATAL.
 fn fatal_message(code: &str, message: &str) -> Vec<u8> {
     let mut fields = Vec::new();
-    for (tag, value) in [
-        (b'S', "FATAL"),
-        (b'V', "FATAL"),
-        (b'C', code),
-        (b'M', message),
-    ] {
+    for (tag, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', code), (b'M', message)] {
         fields.push(tag);
         fields.extend_from_slice(value.as_bytes());
         fields.push(0);
@@ -203,18 +185,12 @@ async fn read_startup<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Option
 }
 
 /// Reads one typed message; returns `(type, raw bytes including the header)`.
-async fn read_message<S: AsyncRead + Unpin>(
-    s: &mut S,
-    max: usize,
-) -> std::io::Result<(u8, Vec<u8>)> {
+async fn read_message<S: AsyncRead + Unpin>(s: &mut S, max: usize) -> std::io::Result<(u8, Vec<u8>)> {
     let mut hdr = [0u8; 5];
     s.read_exact(&mut hdr).await?;
     let len = u32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]) as usize;
     if !(4..=max).contains(&len) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "bad message length",
-        ));
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad message length"));
     }
     let mut raw = hdr.to_vec();
     raw.resize(1 + len, 0);
@@ -241,10 +217,7 @@ fn parse_params(body: &[u8]) -> Option<Params> {
 }
 
 fn param(params: &Params, name: &str) -> Option<String> {
-    params
-        .iter()
-        .find(|(k, _)| k == name.as_bytes())
-        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    params.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
 }
 
 /// The endpoint id from `options=endpoint=<id>` (the no-SNI fallback), and the
@@ -253,10 +226,7 @@ fn endpoint_from_options(options: &str) -> (Option<String>, String) {
     let mut id = None;
     let mut rest = Vec::new();
     for opt in options.split_whitespace() {
-        match opt
-            .strip_prefix("endpoint=")
-            .or_else(|| opt.strip_prefix("project="))
-        {
+        match opt.strip_prefix("endpoint=").or_else(|| opt.strip_prefix("project=")) {
             Some(v) => id = Some(v.to_ascii_lowercase()),
             None => rest.push(opt),
         }
@@ -283,9 +253,7 @@ fn startup_message(code: u32, params: &Params) -> Vec<u8> {
 async fn forward_cancel(gw: &Gateway, key: &[u8]) {
     let known = {
         let st = gw.state.lock().unwrap();
-        st.sessions
-            .values()
-            .any(|s| s.cancel_key.as_deref() == Some(key))
+        st.sessions.values().any(|s| s.cancel_key.as_deref() == Some(key))
     };
     if !known {
         return;
@@ -349,50 +317,27 @@ async fn login(mut tcp: TcpStream, gw: &Gateway) -> Option<Established> {
             return None;
         }
         SSL_REQUEST | GSSENC_REQUEST => {
-            refuse(
-                gw,
-                &mut tls,
-                "08P01",
-                "unsupported encryption request inside TLS",
-            )
-            .await;
+            refuse(gw, &mut tls, "08P01", "unsupported encryption request inside TLS").await;
             return None;
         }
         c if c != 3 << 16 => {
-            let msg = format!(
-                "unsupported frontend protocol {}.{}: server supports 3.0 to 3.0",
-                c >> 16,
-                c & 0xffff
-            );
+            let msg = format!("unsupported frontend protocol {}.{}: server supports 3.0 to 3.0", c >> 16, c & 0xffff);
             refuse(gw, &mut tls, "0A000", &msg).await;
             return None;
         }
         _ => {}
     }
     let Some(mut params) = parse_params(&body) else {
-        refuse(
-            gw,
-            &mut tls,
-            "08P01",
-            "invalid startup packet layout: expected terminator as last byte",
-        )
-        .await;
+        refuse(gw, &mut tls, "08P01", "invalid startup packet layout: expected terminator as last byte").await;
         return None;
     };
     let Some(user) = param(&params, "user").filter(|u| !u.is_empty()) else {
-        refuse(
-            gw,
-            &mut tls,
-            "28000",
-            "no PostgreSQL user name specified in startup packet",
-        )
-        .await;
+        refuse(gw, &mut tls, "28000", "no PostgreSQL user name specified in startup packet").await;
         return None;
     };
 
     // Route: SNI's first label, else `options=endpoint=<id>`.
-    let (option_id, other_options) =
-        endpoint_from_options(&param(&params, "options").unwrap_or_default());
+    let (option_id, other_options) = endpoint_from_options(&param(&params, "options").unwrap_or_default());
     params.retain(|(k, _)| k != b"options");
     if !other_options.is_empty() {
         params.push((b"options".to_vec(), other_options.into_bytes()));
@@ -423,8 +368,7 @@ async fn login(mut tcp: TcpStream, gw: &Gateway) -> Option<Established> {
     }
     let body = &raw[5..];
     let password =
-        String::from_utf8_lossy(&body[..body.iter().position(|&b| b == 0).unwrap_or(body.len())])
-            .into_owned();
+        String::from_utf8_lossy(&body[..body.iter().position(|&b| b == 0).unwrap_or(body.len())]).into_owned();
 
     let (kill_rx, guard) = match admit(gw, &user, &password, &target) {
         Ok(x) => x,
@@ -442,22 +386,13 @@ async fn login(mut tcp: TcpStream, gw: &Gateway) -> Option<Established> {
         params.retain(|(k, _)| k != b"database");
         params.push((b"database".to_vec(), DEFAULT_DATABASE.as_bytes().to_vec()));
     }
-    upstream
-        .write_all(&startup_message(code, &params))
-        .await
-        .ok()?;
+    upstream.write_all(&startup_message(code, &params)).await.ok()?;
 
     // Relay the real server's login replies, noting its cancel key, up to
     // ReadyForQuery (success) or an ErrorResponse (e.g. no such database).
     loop {
         let Ok((ty, raw)) = read_message(&mut upstream, MAX_UPSTREAM_LOGIN_MSG).await else {
-            refuse(
-                gw,
-                &mut tls,
-                "08006",
-                "compute node closed the connection during login",
-            )
-            .await;
+            refuse(gw, &mut tls, "08006", "compute node closed the connection during login").await;
             return None;
         };
         match ty {
@@ -488,12 +423,7 @@ async fn login(mut tcp: TcpStream, gw: &Gateway) -> Option<Established> {
     }
     tls.flush().await.ok()?;
     gw.state.lock().unwrap().counters.gateway_logins_ok += 1;
-    Some(Established {
-        client: tls,
-        upstream,
-        kill: kill_rx,
-        _guard: guard,
-    })
+    Some(Established { client: tls, upstream, kill: kill_rx, _guard: guard })
 }
 
 type Refusal = (&'static str, String);
@@ -507,18 +437,10 @@ fn admit(
     target: &Target,
 ) -> Result<(oneshot::Receiver<()>, SessionGuard), Refusal> {
     let mut st = gw.state.lock().unwrap();
-    let failed = |why: &str| {
-        (
-            "28P01",
-            format!("password authentication failed for user \"{user}\": {why}"),
-        )
-    };
+    let failed = |why: &str| ("28P01", format!("password authentication failed for user \"{user}\": {why}"));
     match st.db_tokens.get(password) {
         None => {
-            return Err((
-                "28P01",
-                format!("Failed to decode token for role \"{user}\""),
-            ));
+            return Err(("28P01", format!("Failed to decode token for role \"{user}\"")));
         }
         Some(t) if t.role != user => return Err(failed("the token was issued for another role")),
         Some(t) if !t.targets.contains(target) => {
@@ -535,24 +457,18 @@ fn admit(
     {
         return Err(("53300", "sorry, too many clients already".to_string()));
     }
+    // A connection wakes an idle compute.
+    if let Target::Endpoint(name) = target
+        && let Some(ep) = st.endpoint_mut(name)
+        && ep.state == "IDLE"
+    {
+        ep.state = "ACTIVE".to_string();
+    }
     let (tx, rx) = oneshot::channel();
     let id = st.next_session;
     st.next_session += 1;
-    st.sessions.insert(
-        id,
-        Session {
-            started: Instant::now(),
-            kill: Some(tx),
-            cancel_key: None,
-        },
-    );
-    Ok((
-        rx,
-        SessionGuard {
-            state: gw.state.clone(),
-            id,
-        },
-    ))
+    st.sessions.insert(id, Session { started: Instant::now(), kill: Some(tx), cancel_key: None });
+    Ok((rx, SessionGuard { state: gw.state.clone(), id }))
 }
 
 #[cfg(test)]
@@ -583,10 +499,7 @@ mod tests {
     fn startup_roundtrip() {
         let p: Params = vec![(b"user".to_vec(), b"u".to_vec())];
         let m = startup_message(3 << 16, &p);
-        assert_eq!(
-            u32::from_be_bytes([m[0], m[1], m[2], m[3]]) as usize,
-            m.len()
-        );
+        assert_eq!(u32::from_be_bytes([m[0], m[1], m[2], m[3]]) as usize, m.len());
         assert_eq!(parse_params(&m[8..]).unwrap(), p);
     }
 }

@@ -16,6 +16,8 @@
 //! # let _ = host; Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod api;
 mod gateway;
 mod pki;
@@ -52,11 +54,7 @@ pub struct FakeLakebaseConfig {
 impl FakeLakebaseConfig {
     /// A config with the default host suffix ([`DEFAULT_HOST_SUFFIX`]).
     pub fn new(postgres_socket_dir: PathBuf, postgres_port: u16) -> FakeLakebaseConfig {
-        FakeLakebaseConfig {
-            postgres_socket_dir,
-            postgres_port,
-            host_suffix: DEFAULT_HOST_SUFFIX.to_string(),
-        }
+        FakeLakebaseConfig { postgres_socket_dir, postgres_port, host_suffix: DEFAULT_HOST_SUFFIX.to_string() }
     }
 }
 
@@ -106,11 +104,8 @@ impl FakeLakebase {
     /// starts serving on the current tokio runtime.
     pub async fn start(config: FakeLakebaseConfig) -> std::io::Result<FakeLakebase> {
         let pki = pki::Pki::new(&config.host_suffix)?;
-        let tmp_dir = std::env::temp_dir().join(format!(
-            "fake-lakebase-{}-{}",
-            std::process::id(),
-            state::random_token(6)
-        ));
+        let tmp_dir =
+            std::env::temp_dir().join(format!("fake-lakebase-{}-{}", std::process::id(), state::random_token(6)));
         std::fs::create_dir(&tmp_dir)?;
         let ca_pem_path = tmp_dir.join("ca.pem");
         std::fs::write(&ca_pem_path, &pki.ca_pem)?;
@@ -122,35 +117,17 @@ impl FakeLakebase {
         let state = Arc::new(Mutex::new(State::new(config.host_suffix.clone())));
         let (shutdown, shutdown_rx) = watch::channel(false);
 
-        let api = Arc::new(api::Api {
-            state: state.clone(),
-            url: format!("https://{api_addr}"),
-        });
+        let api = Arc::new(api::Api { state: state.clone(), url: format!("https://{api_addr}") });
         let gw = Arc::new(gateway::Gateway {
             state: state.clone(),
             tls: TlsAcceptor::from(pki.gateway),
-            socket_path: config
-                .postgres_socket_dir
-                .join(format!(".s.PGSQL.{}", config.postgres_port)),
+            socket_path: config.postgres_socket_dir.join(format!(".s.PGSQL.{}", config.postgres_port)),
         });
         let tasks = vec![
-            tokio::spawn(api::serve(
-                api_listener,
-                TlsAcceptor::from(pki.api),
-                api,
-                shutdown_rx.clone(),
-            )),
+            tokio::spawn(api::serve(api_listener, TlsAcceptor::from(pki.api), api, shutdown_rx.clone())),
             tokio::spawn(gateway::serve(gw_listener, gw, shutdown_rx)),
         ];
-        Ok(FakeLakebase {
-            state,
-            api_addr,
-            gateway_addr,
-            tmp_dir,
-            ca_pem_path,
-            _shutdown: shutdown,
-            tasks,
-        })
+        Ok(FakeLakebase { state, api_addr, gateway_addr, tmp_dir, ca_pem_path, _shutdown: shutdown, tasks })
     }
 
     fn st(&self) -> MutexGuard<'_, State> {
@@ -185,25 +162,18 @@ impl FakeLakebase {
     pub fn add_service_principal(&self, client_id: &str, client_secret: &str) {
         let mut st = self.st();
         st.ensure_identity(client_id, true);
-        st.sp_secrets
-            .insert(client_id.to_string(), client_secret.to_string());
+        st.sp_secrets.insert(client_id.to_string(), client_secret.to_string());
     }
 
     /// Creates a project as Databricks does: default branch `production`
     /// with a read-write endpoint `primary` (ACTIVE). Returns that endpoint's host.
     pub fn add_project(&self, project_id: &str) -> String {
         let mut st = self.st();
-        assert!(
-            state::is_resource_id(project_id),
-            "fake-lakebase: bad project id {project_id:?}"
-        );
+        assert!(state::is_resource_id(project_id), "fake-lakebase: bad project id {project_id:?}");
+        assert!(!st.projects.contains_key(project_id), "fake-lakebase: project {project_id} already exists");
         st.projects.insert(
             project_id.to_string(),
-            state::Project {
-                uid: state::uuid4(),
-                default_branch: "production".to_string(),
-                branches: BTreeMap::new(),
-            },
+            state::Project { uid: state::uuid4(), default_branch: "production".to_string(), branches: BTreeMap::new() },
         );
         st.add_branch(project_id, "production");
         st.add_endpoint(project_id, "production", "primary", false)
@@ -211,25 +181,13 @@ impl FakeLakebase {
 
     /// Adds a (non-default) branch to an existing project.
     pub fn add_branch(&self, project: &str, branch: &str) {
-        assert!(
-            state::is_resource_id(branch),
-            "fake-lakebase: bad branch id {branch:?}"
-        );
+        assert!(state::is_resource_id(branch), "fake-lakebase: bad branch id {branch:?}");
         self.st().add_branch(project, branch);
     }
 
     /// Adds an endpoint to an existing branch; returns its host.
-    pub fn add_endpoint(
-        &self,
-        project: &str,
-        branch: &str,
-        endpoint: &str,
-        read_only: bool,
-    ) -> String {
-        assert!(
-            state::is_resource_id(endpoint),
-            "fake-lakebase: bad endpoint id {endpoint:?}"
-        );
+    pub fn add_endpoint(&self, project: &str, branch: &str, endpoint: &str, read_only: bool) -> String {
+        assert!(state::is_resource_id(endpoint), "fake-lakebase: bad endpoint id {endpoint:?}");
         self.st().add_endpoint(project, branch, endpoint, read_only)
     }
 
@@ -241,9 +199,7 @@ impl FakeLakebase {
     /// The host of an endpoint by full name (`projects/p/branches/b/endpoints/e`).
     pub fn endpoint_host(&self, full_name: &str) -> String {
         let st = self.st();
-        let ep = st
-            .endpoint(full_name)
-            .unwrap_or_else(|| panic!("fake-lakebase: no endpoint {full_name}"));
+        let ep = st.endpoint(full_name).unwrap_or_else(|| panic!("fake-lakebase: no endpoint {full_name}"));
         format!("{}.{}", ep.uid, st.host_suffix)
     }
 
@@ -256,11 +212,7 @@ impl FakeLakebase {
     /// with `status` in the Databricks error shape; 429 and 503 carry
     /// `Retry-After: <seconds>` when given.
     pub fn fail_next_api_calls(&self, count: usize, status: u16, retry_after: Option<u32>) {
-        self.st().fail_next = (count > 0).then_some(InjectedFailure {
-            remaining: count,
-            status,
-            retry_after,
-        });
+        self.st().fail_next = (count > 0).then_some(InjectedFailure { remaining: count, status, retry_after });
     }
 
     /// Every PAT and every OAuth access token issued so far stops working
@@ -278,19 +230,28 @@ impl FakeLakebase {
     }
 
     /// Scale-to-zero: ends every open session now (a suspend stops the
-    /// compute) and for `duration` answers new connections per `mode`.
+    /// compute), reports ACTIVE endpoints as IDLE, and for `duration`
+    /// answers new connections per `mode`. The first login that gets through
+    /// afterwards reports its endpoint ACTIVE again. `Duration::ZERO` ends a
+    /// suspension early (and still ends the sessions).
     pub fn suspend(&self, duration: Duration, mode: WakeMode) {
         let mut st = self.st();
         st.suspended = Some((Instant::now() + duration, mode));
         st.kill_all_sessions();
+        for ep in st.projects.values_mut().flat_map(|p| p.branches.values_mut()).flat_map(|b| b.endpoints.values_mut())
+        {
+            if ep.state == "ACTIVE" {
+                ep.state = "IDLE".to_string();
+            }
+        }
     }
 
-    /// Sets `status.current_state` reported for an endpoint (ACTIVE, IDLE, INIT, DEGRADED).
+    /// Sets `status.current_state` reported for an endpoint (ACTIVE, IDLE,
+    /// INIT, DEGRADED). Only reporting: logins work whatever the state, and
+    /// one that succeeds turns IDLE into ACTIVE (a connection wakes it).
     pub fn set_endpoint_state(&self, full_name: &str, state: &str) {
-        self.st()
-            .endpoint_mut(full_name)
-            .unwrap_or_else(|| panic!("fake-lakebase: no endpoint {full_name}"))
-            .state = state.to_string();
+        self.st().endpoint_mut(full_name).unwrap_or_else(|| panic!("fake-lakebase: no endpoint {full_name}")).state =
+            state.to_string();
     }
 
     /// Closes every relayed session (client and server sockets).
@@ -336,5 +297,17 @@ impl Drop for FakeLakebase {
         }
         self.st().kill_all_sessions();
         let _ = std::fs::remove_dir_all(&self.tmp_dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handle_can_be_shared_between_tasks() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<FakeLakebase>();
+        shareable::<Counters>();
     }
 }

@@ -7,8 +7,7 @@ use std::io;
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -36,28 +35,19 @@ impl Pki {
         // one process must not be mistaken for each other.
         let cn = format!("fake-lakebase test CA {}", crate::state::uuid4());
         ca.distinguished_name.push(DnType::CommonName, cn);
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let ca_key = KeyPair::generate().map_err(err)?;
         let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
         let issuer = Issuer::from_params(&ca, &ca_key);
 
         let leaf = |names: Vec<String>, alpn: bool| -> io::Result<Arc<ServerConfig>> {
             let mut params = CertificateParams::new(names.clone()).map_err(err)?;
-            params
-                .distinguished_name
-                .push(DnType::CommonName, &names[0]);
+            params.distinguished_name.push(DnType::CommonName, &names[0]);
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             let key = KeyPair::generate().map_err(err)?;
             let cert = params.signed_by(&key, &issuer).map_err(err)?;
-            let chain = vec![
-                cert.der().clone(),
-                CertificateDer::from(ca_cert.der().to_vec()),
-            ];
+            let chain = vec![cert.der().clone(), CertificateDer::from(ca_cert.der().to_vec())];
             let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
             // Explicit provider: the process default is ambiguous if some other
             // crate in the build enables a second one.
@@ -76,14 +66,7 @@ impl Pki {
             Ok(Arc::new(cfg))
         };
         let api = leaf(vec!["localhost".into(), "127.0.0.1".into()], false)?;
-        let gateway = leaf(
-            vec![format!("*.{host_suffix}"), host_suffix.to_string()],
-            true,
-        )?;
-        Ok(Pki {
-            ca_pem: ca_cert.pem(),
-            api,
-            gateway,
-        })
+        let gateway = leaf(vec![format!("*.{host_suffix}"), host_suffix.to_string()], true)?;
+        Ok(Pki { ca_pem: ca_cert.pem(), api, gateway })
     }
 }

@@ -116,28 +116,21 @@ pub(crate) struct State {
 
 impl State {
     pub fn new(host_suffix: String) -> State {
-        State {
-            host_suffix,
-            ..State::default()
-        }
+        State { host_suffix, ..State::default() }
     }
 
     /// Creates (or returns) the identity for `role`.
     pub fn ensure_identity(&mut self, role: &str, service_principal: bool) -> &Identity {
-        self.identities
-            .entry(role.to_string())
-            .or_insert_with(|| Identity {
-                id: rand::rng()
-                    .random_range(1_000_000_000_000_000u64..9_999_999_999_999_999)
-                    .to_string(),
-                role: role.to_string(),
-                display_name: if service_principal {
-                    format!("Service principal {role}")
-                } else {
-                    role.split('@').next().unwrap_or(role).to_string()
-                },
-                service_principal,
-            })
+        self.identities.entry(role.to_string()).or_insert_with(|| Identity {
+            id: rand::rng().random_range(1_000_000_000_000_000u64..9_999_999_999_999_999).to_string(),
+            role: role.to_string(),
+            display_name: if service_principal {
+                format!("Service principal {role}")
+            } else {
+                role.split('@').next().unwrap_or(role).to_string()
+            },
+            service_principal,
+        })
     }
 
     /// The identity a workspace bearer token authenticates as, if any.
@@ -170,21 +163,14 @@ impl State {
     fn unique_label(&self, make: impl Fn() -> String) -> String {
         loop {
             let label = make();
-            if !self.hosts.contains_key(&label) && !self.hosts.contains_key(&format!("{label}-ro"))
-            {
+            if !self.hosts.contains_key(&label) && !self.hosts.contains_key(&format!("{label}-ro")) {
                 return label;
             }
         }
     }
 
     /// Adds an endpoint (creating nothing else) and routes its hosts.
-    pub fn add_endpoint(
-        &mut self,
-        project: &str,
-        branch: &str,
-        endpoint: &str,
-        read_only: bool,
-    ) -> String {
+    pub fn add_endpoint(&mut self, project: &str, branch: &str, endpoint: &str, read_only: bool) -> String {
         let uid = self.unique_label(|| neon_style_id("ep"));
         let full = endpoint_name(project, branch, endpoint);
         let br = self
@@ -194,44 +180,28 @@ impl State {
             .branches
             .get_mut(branch)
             .unwrap_or_else(|| panic!("fake-lakebase: no branch {project}/{branch}"));
-        assert!(
-            !br.endpoints.contains_key(endpoint),
-            "fake-lakebase: endpoint {full} already exists"
-        );
-        br.endpoints.insert(
-            endpoint.to_string(),
-            Endpoint {
-                uid: uid.clone(),
-                read_only,
-                state: "ACTIVE".to_string(),
-            },
-        );
-        self.hosts
-            .insert(uid.clone(), Target::Endpoint(full.clone()));
+        assert!(!br.endpoints.contains_key(endpoint), "fake-lakebase: endpoint {full} already exists");
+        br.endpoints
+            .insert(endpoint.to_string(), Endpoint { uid: uid.clone(), read_only, state: "ACTIVE".to_string() });
+        self.hosts.insert(uid.clone(), Target::Endpoint(full.clone()));
         // The read-only host of a read-write endpoint reaches the same database
         // here: there are no replicas behind the fake.
-        self.hosts
-            .insert(format!("{uid}-ro"), Target::Endpoint(full));
+        self.hosts.insert(format!("{uid}-ro"), Target::Endpoint(full));
         format!("{uid}.{}", self.host_suffix)
     }
 
     pub fn add_branch(&mut self, project: &str, branch: &str) {
         let uid = neon_style_id("br");
-        let p = self
-            .projects
-            .get_mut(project)
-            .unwrap_or_else(|| panic!("fake-lakebase: no project {project:?}"));
-        p.branches.entry(branch.to_string()).or_insert(Branch {
-            uid,
-            endpoints: BTreeMap::new(),
-        });
+        let p = self.projects.get_mut(project).unwrap_or_else(|| panic!("fake-lakebase: no project {project:?}"));
+        p.branches.entry(branch.to_string()).or_insert(Branch { uid, endpoints: BTreeMap::new() });
     }
 
+    /// Adds a Provisioned instance and routes its two hosts; returns the
+    /// read-write one. (Random UUIDs need no collision check.)
     pub fn add_instance(&mut self, name: &str) -> String {
-        let uid = self.unique_label(|| format!("instance-{}", uuid4()));
-        let uid = uid.trim_start_matches("instance-").to_string();
-        self.instances
-            .insert(name.to_string(), Instance { uid: uid.clone() });
+        assert!(!self.instances.contains_key(name), "fake-lakebase: instance {name} already exists");
+        let uid = uuid4();
+        self.instances.insert(name.to_string(), Instance { uid: uid.clone() });
         let target = Target::Instance(name.to_string());
         self.hosts.insert(format!("instance-{uid}"), target.clone());
         self.hosts.insert(format!("instance-ro-{uid}"), target);
@@ -246,32 +216,15 @@ impl State {
 
     pub fn endpoint_mut(&mut self, full_name: &str) -> Option<&mut Endpoint> {
         let (p, b, e) = split_endpoint_name(full_name)?;
-        self.projects
-            .get_mut(p)?
-            .branches
-            .get_mut(b)?
-            .endpoints
-            .get_mut(e)
+        self.projects.get_mut(p)?.branches.get_mut(b)?.endpoints.get_mut(e)
     }
 
     /// Mints a DB token for `role` valid on `targets` for `ttl`, capped.
-    pub fn mint_db_token(
-        &mut self,
-        role: &str,
-        targets: Vec<Target>,
-        ttl: Duration,
-    ) -> (String, SystemTime) {
+    pub fn mint_db_token(&mut self, role: &str, targets: Vec<Target>, ttl: Duration) -> (String, SystemTime) {
         let ttl = self.ttl_cap.map_or(ttl, |cap| ttl.min(cap));
         let expires = SystemTime::now() + ttl;
         let token = random_token(66);
-        self.db_tokens.insert(
-            token.clone(),
-            DbToken {
-                role: role.to_string(),
-                targets,
-                expires,
-            },
-        );
+        self.db_tokens.insert(token.clone(), DbToken { role: role.to_string(), targets, expires });
         self.counters.credential_mints += 1;
         (token, expires)
     }
@@ -293,9 +246,7 @@ pub(crate) fn endpoint_name(project: &str, branch: &str, endpoint: &str) -> Stri
 /// `projects/p/branches/b/endpoints/e` → `(p, b, e)`.
 pub(crate) fn split_endpoint_name(name: &str) -> Option<(&str, &str, &str)> {
     match name.split('/').collect::<Vec<_>>().as_slice() {
-        ["projects", p, "branches", b, "endpoints", e]
-            if [p, b, e].iter().all(|s| is_resource_id(s)) =>
-        {
+        ["projects", p, "branches", b, "endpoints", e] if [p, b, e].iter().all(|s| is_resource_id(s)) => {
             Some((p, b, e))
         }
         _ => None,
@@ -304,9 +255,7 @@ pub(crate) fn split_endpoint_name(name: &str) -> Option<(&str, &str, &str)> {
 
 /// Lakebase resource ids: 1-63 lowercase letters, digits and hyphens.
 pub(crate) fn is_resource_id(s: &str) -> bool {
-    (1..=63).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    (1..=63).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// An opaque random token: `bytes` random bytes, base64url (4/3 as many chars).
@@ -323,29 +272,17 @@ pub(crate) fn uuid4() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 /// Neon-style ids (`ep-cool-darkness-a1b2c3d4`), which Lakebase endpoint uids follow.
 pub(crate) fn neon_style_id(prefix: &str) -> String {
-    const ADJ: &[&str] = &[
-        "cool", "quiet", "bold", "misty", "young", "wild", "calm", "still", "proud", "long",
-    ];
-    const NOUN: &[&str] = &[
-        "darkness", "river", "meadow", "sun", "cloud", "forest", "lake", "dew", "frost", "field",
-    ];
+    const ADJ: &[&str] = &["cool", "quiet", "bold", "misty", "young", "wild", "calm", "still", "proud", "long"];
+    const NOUN: &[&str] = &["darkness", "river", "meadow", "sun", "cloud", "forest", "lake", "dew", "frost", "field"];
     let mut rng = rand::rng();
     let a = ADJ[rng.random_range(0..ADJ.len())];
     let n = NOUN[rng.random_range(0..NOUN.len())];
-    let suffix: String = (0..8)
-        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
-        .collect();
+    let suffix: String =
+        (0..8).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)])).collect();
     format!("{prefix}-{a}-{n}-{suffix}")
 }

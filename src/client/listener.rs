@@ -7,18 +7,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
+
+use crate::error::sqlstate;
+use crate::protocol::messages::{ErrorFields, Severity};
 
 use super::session::{TargetContext, serve};
 use super::stream::ClientStream;
-
-/// Resolves once `stop` turns true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // `wait_for` returns a guard that must not be held across the select's other branch.
-    let _ = stop.wait_for(|stopped| *stopped).await.map(|_| ());
-}
 
 /// Where a client connected from.
 #[derive(Debug, Clone)]
@@ -109,16 +106,23 @@ impl Listener {
         }
     }
 
-    /// Accepts clients and serves each in its own task until `stop` turns true.
-    pub async fn run(self, ctx: Arc<TargetContext>, mut stop: watch::Receiver<bool>) {
+    /// Accepts clients and serves each in its own task until the proxy shuts down. Beyond
+    /// the client limit, a new client gets SQLSTATE 53300 and is closed.
+    pub async fn run(self, ctx: Arc<TargetContext>) {
         info!(listen = %self.describe(), target = %ctx.target, "accepting clients");
+        let mut shutdown = ctx.shutdown.clone();
         loop {
             tokio::select! {
-                _ = stopped(&mut stop) => break,
+                _ = shutdown.requested() => break,
                 accepted = self.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        tokio::spawn(serve(stream, peer, ctx.clone()));
-                    }
+                    Ok((stream, peer)) => match ctx.client_slots.clone().try_acquire_owned() {
+                        Ok(slot) => {
+                            ctx.sessions.spawn(serve(stream, peer, ctx.clone(), slot));
+                        }
+                        Err(_) => {
+                            ctx.sessions.spawn(refuse_over_limit(stream, peer));
+                        }
+                    },
                     Err(error) => {
                         // Out of file descriptors and the like: pause instead of spinning.
                         error!(%error, "accept failed");
@@ -128,6 +132,18 @@ impl Listener {
             }
         }
     }
+}
+
+/// Tells a client beyond `--max-client-connections` so, as PostgreSQL does, and closes.
+async fn refuse_over_limit(mut stream: ClientStream, peer: Peer) {
+    warn!(%peer, "client refused: --max-client-connections reached");
+    let mut buf = bytes::BytesMut::new();
+    ErrorFields::new(Severity::Fatal, sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already")
+        .with_hint("lakebase-proxy's --max-client-connections is reached.")
+        .write_error(&mut buf);
+    // The client's startup packet is not read: the error needs no protocol negotiation, and a
+    // slow client must not hold the task. Closing may reset the connection; that is fine.
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
 }
 
 impl Drop for Listener {

@@ -20,7 +20,10 @@ use crate::pool::{CheckoutError, Lease, Pool, PoolKey, Pools};
 use crate::protocol::messages::{self, ErrorFields, Severity};
 use crate::protocol::{CancelKey, StartupParams};
 use crate::relay::{Relay, RelayEnd};
+use crate::shutdown::Shutdown;
 use crate::target::Target;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -38,6 +41,12 @@ pub struct TargetContext {
     pub lazy_attach: bool,
     /// Limit for the handshake.
     pub startup_timeout: Duration,
+    /// Tells sessions when the proxy is stopping.
+    pub shutdown: Shutdown,
+    /// Every session task, so shutdown can wait for them.
+    pub sessions: TaskTracker,
+    /// `--max-client-connections`, shared by every listener.
+    pub client_slots: Arc<Semaphore>,
 }
 
 /// A session that ended in failure; the client is told via [`UserFacing`].
@@ -70,6 +79,9 @@ pub enum SessionError {
     /// The upstream broke the message framing.
     #[error("invalid message from the upstream: {0}")]
     UpstreamProtocol(io::Error),
+    /// The proxy is shutting down.
+    #[error("terminating connection due to administrator command")]
+    ShuttingDown,
 }
 
 impl UserFacing for SessionError {
@@ -83,6 +95,9 @@ impl UserFacing for SessionError {
             SessionError::Replication => fatal(sqlstate::FEATURE_NOT_SUPPORTED),
             SessionError::ClientIo(_) | SessionError::UpstreamLost(_) | SessionError::UpstreamProtocol(_) => {
                 fatal(sqlstate::CONNECTION_FAILURE)
+            }
+            SessionError::ShuttingDown => {
+                fatal(sqlstate::ADMIN_SHUTDOWN).with_hint("lakebase-proxy is shutting down; reconnect in a moment.")
             }
         }
     }
@@ -103,7 +118,8 @@ enum SessionEnd {
 }
 
 /// Serves one client connection to completion.
-pub async fn serve(mut client: ClientStream, peer: Peer, ctx: Arc<TargetContext>) {
+/// `_slot` is the session's place under `--max-client-connections`, held until it ends.
+pub async fn serve(mut client: ClientStream, peer: Peer, ctx: Arc<TargetContext>, _slot: OwnedSemaphorePermit) {
     let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("client", id, %peer, target = %ctx.target, user = tracing::field::Empty, database = tracing::field::Empty, upstream_pid = tracing::field::Empty);
     async move {
@@ -192,7 +208,12 @@ async fn lazy_session(
     request.write_greeting(&mut greeting, overlaid, key);
     client.write_all(&greeting).await.map_err(SessionError::ClientIo)?;
     client.flush().await.map_err(SessionError::ClientIo)?;
-    let first = client.read_some().await.map_err(SessionError::ClientIo)?;
+    let mut shutdown = ctx.shutdown.clone();
+    let first = tokio::select! {
+        first = client.read_some() => first.map_err(SessionError::ClientIo)?,
+        // An idle lazy client holds nothing worth waiting for.
+        _ = shutdown.requested() => return Err(SessionError::ShuttingDown),
+    };
     if first.first().is_none_or(|&tag| tag == b'X') {
         return Ok(SessionEnd::ClientDone);
     }
@@ -215,10 +236,20 @@ async fn attach(
         ctx.cancels.register(client_key, CancelRoute { upstream: ctx.pools.upstream().clone(), key: connection.key() });
     let mut relay = Relay::default();
     relay.preload(client_bytes, &connection.take_leftover()).map_err(SessionError::ClientProtocol)?;
-    let end = relay.run(client, connection.stream_mut()).await;
+    let mut shutdown = ctx.shutdown.clone();
+    let end = tokio::select! {
+        end = relay.run(client, connection.stream_mut()) => end,
+        deadline = shutdown.requested() => {
+            // Let a transaction in progress finish, up to the deadline, then end the session
+            // at its next idle point.
+            relay.detach_when_idle = true;
+            tokio::time::timeout_at(deadline, relay.run(client, connection.stream_mut())).await.unwrap_or(RelayEnd::Idle)
+        }
+    };
     lease.release(relay.upstream_reusable(&end), relay.state.used);
     match end {
         RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => Ok(SessionEnd::ClientDone),
+        RelayEnd::Idle => Err(SessionError::ShuttingDown),
         RelayEnd::UpstreamGone(_) if relay.state.last_upstream_message == b'E' => Ok(SessionEnd::UpstreamEnded),
         RelayEnd::UpstreamGone(error) => Err(SessionError::UpstreamLost(error)),
         RelayEnd::ClientProtocolViolation(error) => Err(SessionError::ClientProtocol(error)),

@@ -36,12 +36,7 @@ fn parse_args() -> Result<Args, String> {
             Some((n, v)) => (n.to_string(), Some(v.to_string())),
             None => (flag.clone(), None),
         };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
+        let mut value = || inline.clone().or_else(|| it.next()).ok_or_else(|| format!("{name} needs a value"));
         match name.as_str() {
             "--postgres-socket-dir" => socket_dir = Some(PathBuf::from(value()?)),
             "--postgres-port" => {
@@ -91,10 +86,7 @@ async fn main() -> ExitCode {
     };
     fake.add_user(&args.user, &args.pat);
     let host = fake.add_project(&args.project);
-    let endpoint = format!(
-        "projects/{}/branches/production/endpoints/primary",
-        args.project
-    );
+    let endpoint = format!("projects/{}/branches/production/endpoints/primary", args.project);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "API_URL={}", fake.api_url());
     let _ = writeln!(out, "GATEWAY={}", fake.gateway_addr());
