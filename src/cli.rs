@@ -106,8 +106,9 @@ pub struct Cli {
     #[arg(long, env = "LAKEBASE_PROXY_CHECKOUT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub checkout_timeout: Duration,
 
-    /// Limit for opening an upstream connection (TCP, TLS and login).
-    #[arg(long, env = "LAKEBASE_PROXY_CONNECT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    /// Limit for opening an upstream connection (TCP, TLS, login), retrying connection failures
+    /// and "starting up" answers meanwhile (a compute waking from scale-to-zero).
+    #[arg(long, env = "LAKEBASE_PROXY_CONNECT_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
 
     /// Limit for a client's startup handshake.

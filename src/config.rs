@@ -56,7 +56,7 @@ pub struct Config {
     pub lazy_attach: bool,
     /// Pool limits and lifetimes.
     pub pool: PoolSettings,
-    /// Limit for opening and logging into an upstream connection.
+    /// Limit for opening and logging into an upstream connection, retries included.
     pub connect_timeout: Duration,
     /// Limit for a client's startup handshake.
     pub startup_timeout: Duration,
@@ -82,7 +82,7 @@ impl Config {
             client_tls: None,
             lazy_attach: false,
             pool: PoolSettings::default(),
-            connect_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(120),
             startup_timeout: Duration::from_secs(15),
             max_client_connections: 5000,
             max_sigterm_delay: Duration::from_secs(15),

@@ -176,17 +176,17 @@ async fn eager_session(
     pool: &Arc<Pool>,
     ctx: &TargetContext,
 ) -> Result<SessionEnd, SessionError> {
-    let mut lease = pool.checkout(&request.params).await?;
+    // AuthenticationOk goes first, as from a server whose backend is still starting: after it
+    // a client accepts notices while the upstream connection is being opened.
+    let mut greeting = BytesMut::new();
+    request.write_authentication(&mut greeting);
+    write_flush(client, &greeting).await?;
+    let mut lease = checkout_with_notice(client, pool, request).await?;
     let connection = lease.connection();
     let key = connection.key();
-    let mut greeting = BytesMut::new();
-    request.write_greeting(
-        &mut greeting,
-        connection.server_params().iter().map(|(n, v)| (n.as_str(), v.as_str())),
-        key,
-    );
-    client.write_all(&greeting).await.map_err(SessionError::ClientIo)?;
-    client.flush().await.map_err(SessionError::ClientIo)?;
+    greeting.clear();
+    write_ready(&mut greeting, connection.server_params().iter().map(|(n, v)| (n.as_str(), v.as_str())), key);
+    write_flush(client, &greeting).await?;
     attach(client, lease, key, &[], ctx).await
 }
 
@@ -205,9 +205,9 @@ async fn lazy_session(
         (name.as_str(), asked.unwrap_or(value.as_str()))
     });
     let mut greeting = BytesMut::new();
-    request.write_greeting(&mut greeting, overlaid, key);
-    client.write_all(&greeting).await.map_err(SessionError::ClientIo)?;
-    client.flush().await.map_err(SessionError::ClientIo)?;
+    request.write_authentication(&mut greeting);
+    write_ready(&mut greeting, overlaid, key);
+    write_flush(client, &greeting).await?;
     let mut shutdown = ctx.shutdown.clone();
     let first = tokio::select! {
         first = client.read_some() => first.map_err(SessionError::ClientIo)?,
@@ -217,7 +217,7 @@ async fn lazy_session(
     if first.first().is_none_or(|&tag| tag == b'X') {
         return Ok(SessionEnd::ClientDone);
     }
-    let lease = pool.checkout(&request.params).await?;
+    let lease = checkout_with_notice(client, pool, request).await?;
     attach(client, lease, key, &first, ctx).await
 }
 
@@ -257,6 +257,46 @@ async fn attach(
     }
 }
 
+/// Writes what completes a login after AuthenticationOk: parameters, cancel key, ReadyForQuery.
+fn write_ready<'a>(buf: &mut BytesMut, params: impl Iterator<Item = (&'a str, &'a str)>, key: CancelKey) {
+    for (name, value) in params {
+        messages::parameter_status(buf, name, value);
+    }
+    messages::backend_key_data(buf, key);
+    messages::ready_for_query(buf, b'I');
+}
+
+async fn write_flush(client: &mut ClientStream, bytes: &[u8]) -> Result<(), SessionError> {
+    client.write_all(bytes).await.map_err(SessionError::ClientIo)?;
+    client.flush().await.map_err(SessionError::ClientIo)
+}
+
+/// A checkout slower than this earns the client a notice saying why it waits.
+const NOTICE_AFTER: Duration = Duration::from_secs(1);
+
+/// Checks out a connection; if that takes a while (a compute waking up, a full pool), tells
+/// the client once with a NoticeResponse rather than leave it wondering.
+async fn checkout_with_notice(
+    client: &mut ClientStream,
+    pool: &Arc<Pool>,
+    request: &SessionRequest,
+) -> Result<Lease, SessionError> {
+    let checkout = pool.checkout(&request.params);
+    tokio::pin!(checkout);
+    if let Ok(result) = tokio::time::timeout(NOTICE_AFTER, &mut checkout).await {
+        return Ok(result?);
+    }
+    let mut notice = BytesMut::new();
+    ErrorFields::new(
+        Severity::Notice,
+        "00000",
+        "lakebase-proxy: still connecting to the database (it may be waking up from scale-to-zero, or the pool is busy)",
+    )
+    .write_notice(&mut notice);
+    write_flush(client, &notice).await?;
+    Ok(checkout.await?)
+}
+
 /// A client's startup message turned into what the pool needs.
 struct SessionRequest {
     key: PoolKey,
@@ -289,17 +329,12 @@ impl SessionRequest {
         Ok(SessionRequest { key: PoolKey { database, user, options }, params, startup })
     }
 
-    /// Writes the messages that complete a client's login.
-    fn write_greeting<'a>(&self, buf: &mut BytesMut, params: impl Iterator<Item = (&'a str, &'a str)>, key: CancelKey) {
+    /// Writes the protocol negotiation, if needed, and AuthenticationOk.
+    fn write_authentication(&self, buf: &mut BytesMut) {
         if self.startup.needs_negotiation() {
             messages::negotiate_protocol_version(buf, 0, &self.startup.protocol_options);
         }
         messages::authentication_ok(buf);
-        for (name, value) in params {
-            messages::parameter_status(buf, name, value);
-        }
-        messages::backend_key_data(buf, key);
-        messages::ready_for_query(buf, b'I');
     }
 }
 

@@ -17,6 +17,9 @@ use crate::upstream::{ConnectError, ServerConnection};
 const RESET_QUERY: &str = "DISCARD ALL";
 /// A reset that takes longer than this means something is wrong with the connection.
 const RESET_TIMEOUT: Duration = Duration::from_secs(10);
+/// Backoff between login attempts while an upstream is unreachable or starting up.
+const RETRY_START: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Share of `max_lifetime` by which deadlines are jittered downwards.
 const LIFETIME_JITTER: f64 = 0.1;
 
@@ -212,12 +215,30 @@ impl Pool {
         }
     }
 
+    /// Logs in, retrying connection-class failures (a compute waking from scale-to-zero
+    /// refuses connections or answers 57P03 for a while) with backoff until the connect
+    /// timeout. Refusals (bad credentials, permissions) fail at once.
     async fn login(&self, params: &StartupParams) -> Result<ServerConnection, ConnectError> {
-        let password = match &self.upstream.credentials {
-            Some(cache) => Some(cache.get().await?),
-            None => None,
-        };
-        self.upstream.endpoint.login(&self.key.user, &self.key.database, params, password.as_ref()).await
+        let endpoint = &self.upstream.endpoint;
+        let give_up_at = Instant::now() + endpoint.connect_timeout();
+        let mut backoff = RETRY_START;
+        loop {
+            let password = match &self.upstream.credentials {
+                Some(cache) => Some(cache.get().await?),
+                None => None,
+            };
+            let error = match endpoint.login(&self.key.user, &self.key.database, params, password.as_ref()).await {
+                Ok(connection) => return Ok(connection),
+                Err(error) => error,
+            };
+            let wait = backoff.mul_f64(rand::rng().random_range(0.8..1.2));
+            if !error.is_transient() || Instant::now() + wait >= give_up_at {
+                return Err(error);
+            }
+            debug!(%error, retry_in = ?wait, "upstream not ready; retrying");
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(RETRY_MAX);
+        }
     }
 
     pub(super) fn put_idle(&self, pooled: Pooled) {

@@ -28,9 +28,15 @@ pub struct Endpoint {
     /// A fixed dial address (`connect-to=`), if any.
     connect_to: Option<(String, u16)>,
     tls: TlsConnector,
-    /// Limit for TCP connect, TLS and login together.
+    /// Limit for one attempt at TCP connect, TLS and login together.
+    attempt_timeout: Duration,
+    /// Limit for all attempts together (see [`Endpoint::connect_timeout`]).
     connect_timeout: Duration,
 }
+
+/// One attempt may take at most this long; a silent network then gets another try within
+/// the connect timeout.
+const MAX_ATTEMPT: Duration = Duration::from_secs(15);
 
 /// The host a connection verifies and names in SNI, and the address it dials.
 struct Address {
@@ -62,6 +68,7 @@ impl Endpoint {
             port: target.port,
             connect_to: target.connect_to.clone(),
             tls: TlsConnector::from(tls_config),
+            attempt_timeout: connect_timeout.min(MAX_ATTEMPT),
             connect_timeout,
         })
     }
@@ -78,6 +85,11 @@ impl Endpoint {
 
     fn current(&self) -> Arc<Address> {
         self.address.read().unwrap().clone()
+    }
+
+    /// How long a client may wait for a connection to open, retries included.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
     }
 
     /// `host:port` as dialled, for messages.
@@ -112,9 +124,9 @@ impl Endpoint {
                 login,
             ))
         };
-        let connection = tokio::time::timeout(self.connect_timeout, attempt)
+        let connection = tokio::time::timeout(self.attempt_timeout, attempt)
             .await
-            .map_err(|_| ConnectError::Timeout { address: self.address(), after: self.connect_timeout })??;
+            .map_err(|_| ConnectError::Timeout { address: self.address(), after: self.attempt_timeout })??;
         debug!(upstream = %self.address(), pid = connection.key().pid, elapsed = ?started.elapsed(), "upstream login complete");
         Ok(connection)
     }
@@ -159,9 +171,9 @@ impl Endpoint {
             let _ = stream.read_u8().await;
             Ok(())
         };
-        tokio::time::timeout(self.connect_timeout, attempt)
+        tokio::time::timeout(self.attempt_timeout, attempt)
             .await
-            .map_err(|_| ConnectError::Timeout { address: self.address(), after: self.connect_timeout })?
+            .map_err(|_| ConnectError::Timeout { address: self.address(), after: self.attempt_timeout })?
     }
 }
 

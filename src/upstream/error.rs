@@ -56,15 +56,15 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    /// True for failures that may pass by themselves (network, restarts, wake-ups), as opposed
-    /// to refusals that repeat until someone acts (credentials, permissions, certificates).
+    /// True for connection failures that may pass by themselves within seconds (network,
+    /// restarts, a compute waking from scale-to-zero), as opposed to refusals that repeat until
+    /// someone acts (credentials, permissions, certificates) or a missing password.
     pub fn is_transient(&self) -> bool {
         match self {
             ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } | ConnectError::Io(_) => true,
-            ConnectError::Server(fields) => {
-                fields.code.starts_with("08") || fields.code == "57P03" || fields.code == "53300"
-            }
-            ConnectError::Credential(CredentialError::Unavailable(_)) => true,
+            // Connection-class errors and "the database system is starting up" (a waking
+            // compute). Not 53300 (full), and never 28xxx or 42501: those repeat.
+            ConnectError::Server(fields) => fields.code.starts_with("08") || fields.code == "57P03",
             _ => false,
         }
     }
@@ -91,6 +91,12 @@ impl UserFacing for ConnectError {
             ConnectError::Tls { .. } => fatal(
                 sqlstate::CONNECTION_UNABLE,
                 "The upstream certificate must be valid for the target host name and signed by a trusted CA (sslrootcert=, SSL_CERT_FILE).",
+            ),
+            // A source that is down (an API outage) is a connection-class failure a client may
+            // retry; a refusal or no source at all is an authorization problem.
+            ConnectError::Credential(CredentialError::Unavailable(_)) => fatal(
+                sqlstate::CONNECTION_UNABLE,
+                "lakebase-proxy cannot obtain a password right now and retries in the background; try again shortly.",
             ),
             ConnectError::Credential(_) | ConnectError::NoPassword => fatal(
                 sqlstate::INVALID_AUTHORIZATION,
