@@ -511,3 +511,18 @@ async fn passwords_are_never_in_errors() {
     assert!(!error.to_string().contains(PASSWORD));
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_are_capped_below_the_servers_max_connections() {
+    let proxy = proxy_for(SCRAM_USER, |c| c.pool.max_size = 1000).await;
+    assert_eq!(proxy.pools(0).upstream().max_pool_size(), 1000, "unknown until the first login");
+    connect(&proxy).await.batch_execute("SELECT 1").await.unwrap();
+    let slots: usize = PgServer::shared()
+        .superuser_sql(
+            "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int",
+        )
+        .parse()
+        .unwrap();
+    assert_eq!(proxy.pools(0).upstream().max_pool_size(), slots * 9 / 10);
+    proxy.stop().await;
+}

@@ -82,7 +82,7 @@ impl Lease {
         tokio::spawn(async move {
             if used {
                 match tokio::time::timeout(RESET_TIMEOUT, connection.simple_query(RESET_QUERY)).await {
-                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Ok(_))) => {}
                     outcome => {
                         warn!(connection = connection.id(), ?outcome, "reset failed; closing the connection");
                         pool.forget_one();
@@ -151,7 +151,7 @@ impl Pool {
                     if tokio::time::timeout_at(wait_until, notified).await.is_err() {
                         return Err(CheckoutError::Exhausted {
                             key: self.key.to_string(),
-                            max_size: self.settings().max_size,
+                            max_size: self.upstream.max_pool_size(),
                             waited: started.elapsed(),
                         });
                     }
@@ -179,7 +179,7 @@ impl Pool {
         if let Some(index) = adjustable {
             return Take::Adjust(state.idle.remove(index));
         }
-        if state.open < self.settings().max_size {
+        if state.open < self.upstream.max_pool_size() {
             state.open += 1;
             return Take::Open;
         }
@@ -195,10 +195,11 @@ impl Pool {
     /// Opens a connection in a slot already reserved; frees the slot if that fails.
     pub(super) async fn open(&self, params: &StartupParams) -> Result<Pooled, CheckoutError> {
         match self.login(params).await {
-            Ok(connection) => {
+            Ok(mut connection) => {
+                self.upstream.learn_capacity(&mut connection).await;
                 *self.greeting.lock().unwrap() = Some(connection.server_params().into());
                 let lifetime =
-                    self.settings().max_lifetime.mul_f64(1.0 - rand::rng().random_range(0.0..LIFETIME_JITTER));
+                    self.settings().lifetime_cap().mul_f64(1.0 - rand::rng().random_range(0.0..LIFETIME_JITTER));
                 let deadline = connection.opened_at() + lifetime;
                 Ok(Pooled { connection, deadline, idle_since: Instant::now() })
             }
@@ -277,7 +278,7 @@ async fn apply_params(connection: &mut ServerConnection, wanted: &StartupParams)
         return Ok(());
     }
     match connection.simple_query(&sql).await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(_)) => Ok(()),
         Ok(Err(fields)) => Err(fields.to_string()),
         Err(error) => Err(error.to_string()),
     }

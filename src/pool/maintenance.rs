@@ -33,18 +33,20 @@ impl Pools {
 }
 
 impl Pool {
-    /// Closes idle connections that are dead, past their deadline, or idle longer than the
-    /// idle timeout while more than `keep` are idle.
+    /// Closes idle connections that are dead, past their deadline, idle longer than the idle
+    /// timeout while more than `keep` are idle, or idle so long the server would close them.
     fn prune(&self, keep: usize) {
         let now = Instant::now();
         let idle_timeout = self.settings().idle_timeout;
+        let idle_cap = self.settings().idle_cap();
         let mut state = self.state.lock().unwrap();
         let before = state.idle.len();
         let mut idle_count = before;
         // Oldest first, so the most recently used survive.
         state.idle.retain(|pooled| {
-            let expired = now >= pooled.deadline || !pooled.connection.looks_alive();
-            let stale = idle_count > keep && now.duration_since(pooled.idle_since) >= idle_timeout;
+            let idle_for = now.duration_since(pooled.idle_since);
+            let expired = now >= pooled.deadline || idle_for >= idle_cap || !pooled.connection.looks_alive();
+            let stale = idle_count > keep && idle_for >= idle_timeout;
             let close = expired || stale;
             if close {
                 idle_count -= 1;
@@ -66,7 +68,7 @@ impl Pool {
         loop {
             {
                 let mut state = self.state.lock().unwrap();
-                if state.idle.len() >= target || state.open >= self.settings().max_size {
+                if state.idle.len() >= target || state.open >= self.upstream.max_pool_size() {
                     return;
                 }
                 state.open += 1;

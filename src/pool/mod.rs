@@ -9,7 +9,7 @@ mod checkout;
 mod maintenance;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -44,6 +44,26 @@ impl Default for PoolSettings {
             max_lifetime: Duration::from_secs(45 * 60),
             checkout_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// Lakebase closes a connection idle this long…
+pub const SERVER_IDLE_LIMIT: Duration = Duration::from_secs(24 * 3600);
+/// …and may close any connection this old.
+pub const SERVER_AGE_LIMIT: Duration = Duration::from_secs(3 * 24 * 3600);
+/// Connections are retired this long before those limits, so the server never gets to act.
+const SERVER_LIMIT_MARGIN: Duration = Duration::from_secs(600);
+
+impl PoolSettings {
+    /// Longest a connection may live: `max_lifetime`, but never near the server's age limit.
+    pub fn lifetime_cap(&self) -> Duration {
+        self.max_lifetime.min(SERVER_AGE_LIMIT - SERVER_LIMIT_MARGIN)
+    }
+
+    /// Longest any connection may sit idle, warm ones included: near the server's idle limit
+    /// even a `min_idle` connection is replaced.
+    pub fn idle_cap(&self) -> Duration {
+        SERVER_IDLE_LIMIT - SERVER_LIMIT_MARGIN
     }
 }
 
@@ -106,6 +126,8 @@ pub struct Upstream {
     /// Looks the host up again after connection failures (Lakebase names).
     resolver: Option<HostResolver>,
     last_resolution: Mutex<Option<Instant>>,
+    /// Connection slots the server offers ordinary roles, learnt at the first login.
+    capacity: OnceLock<usize>,
 }
 
 /// Looks a target's host up again; errors are reported as text.
@@ -122,7 +144,44 @@ impl Upstream {
         settings: PoolSettings,
         resolver: Option<HostResolver>,
     ) -> Upstream {
-        Upstream { endpoint, credentials, settings, resolver, last_resolution: Mutex::new(None) }
+        Upstream {
+            endpoint,
+            credentials,
+            settings,
+            resolver,
+            last_resolution: Mutex::new(None),
+            capacity: OnceLock::new(),
+        }
+    }
+
+    /// Most connections one pool may open: `--max-pool-size`, but at most 90% of what the
+    /// server allows (Lakebase's max_connections depends on the compute size), leaving room
+    /// for other clients and the pool's other keys.
+    pub fn max_pool_size(&self) -> usize {
+        match self.capacity.get() {
+            Some(&capacity) => self.settings.max_size.min((capacity * 9 / 10).max(1)),
+            None => self.settings.max_size,
+        }
+    }
+
+    /// Learns the server's connection capacity from a fresh connection, once per target.
+    async fn learn_capacity(&self, connection: &mut ServerConnection) {
+        if self.capacity.get().is_some() {
+            return;
+        }
+        let sql =
+            "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int";
+        if let Ok(Ok(Some(value))) = connection.simple_query(sql).await
+            && let Ok(capacity) = value.trim().parse::<usize>()
+            && self.capacity.set(capacity).is_ok()
+            && self.max_pool_size() < self.settings.max_size
+        {
+            tracing::warn!(
+                capacity,
+                max_pool_size = self.max_pool_size(),
+                "--max-pool-size is more than the server allows; each pool is capped at 90% of its connections"
+            );
+        }
     }
 
     /// After a connection-class failure, looks the host up again in the background (at most
@@ -215,5 +274,18 @@ impl Pools {
     /// The upstream these pools connect to.
     pub fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_stay_clear_of_the_servers_limits() {
+        let settings = PoolSettings { max_lifetime: Duration::from_secs(7 * 24 * 3600), ..PoolSettings::default() };
+        assert!(settings.lifetime_cap() < SERVER_AGE_LIMIT);
+        assert!(settings.idle_cap() < SERVER_IDLE_LIMIT);
+        assert_eq!(PoolSettings::default().lifetime_cap(), Duration::from_secs(45 * 60));
     }
 }

@@ -80,16 +80,17 @@ impl ServerConnection {
         std::mem::take(&mut self.leftover)
     }
 
-    /// Runs `sql` as a simple query and reads to ReadyForQuery, recording reported parameters.
-    /// A server error is returned after the ReadyForQuery that follows it, so the connection
-    /// stays usable; an I/O error means it is not.
-    pub async fn simple_query(&mut self, sql: &str) -> Result<Result<(), ErrorFields>, ConnectError> {
+    /// Runs `sql` as a simple query and reads to ReadyForQuery, recording reported parameters;
+    /// returns the first column of the first row, if any. A server error is returned after the
+    /// ReadyForQuery that follows it, so the connection stays usable; an I/O error means it is
+    /// not.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Result<Option<String>, ErrorFields>, ConnectError> {
         let mut buf = BytesMut::new();
         postgres_protocol::message::frontend::query(sql, &mut buf)?;
         self.stream.write_all(&buf).await?;
         self.stream.flush().await?;
         let mut inbound = std::mem::take(&mut self.leftover);
-        let mut outcome = Ok(());
+        let mut outcome = Ok(None);
         loop {
             let (tag, body) = read_message(&mut self.stream, &mut inbound).await?;
             match tag {
@@ -100,6 +101,7 @@ impl ServerConnection {
                     self.set_server_param(name, value);
                 }
                 b'E' => outcome = Err(ErrorFields::parse(&body)),
+                b'D' if matches!(outcome, Ok(None)) => outcome = Ok(first_column(&body)),
                 b'Z' => {
                     self.leftover = inbound;
                     return Ok(outcome);
@@ -127,5 +129,28 @@ impl ServerConnection {
         let mut buf = tokio::io::ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(Waker::noop());
         matches!(tcp.poll_peek(&mut cx, &mut buf), Poll::Pending)
+    }
+}
+
+/// The first column of a DataRow body as text (`None` for NULL or a malformed row).
+fn first_column(body: &[u8]) -> Option<String> {
+    let columns = i16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    let length = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    if columns < 1 || length < 0 {
+        return None;
+    }
+    let value = body.get(6..6 + length as usize)?;
+    Some(String::from_utf8_lossy(value).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_column;
+
+    #[test]
+    fn reads_the_first_column_of_a_data_row() {
+        assert_eq!(first_column(b"\0\x02\0\0\0\x03419\0\0\0\x01x"), Some("419".into()));
+        assert_eq!(first_column(b"\0\x01\xff\xff\xff\xff"), None);
+        assert_eq!(first_column(b"\0\x01\0\0\0\x09ab"), None);
     }
 }
