@@ -123,6 +123,19 @@ pub struct Cli {
     #[arg(long, env = "LAKEBASE_PROXY_MAX_SIGTERM_DELAY", default_value = "15s", value_parser = humantime::parse_duration)]
     pub max_sigterm_delay: Duration,
 
+    /// On SIGTERM/SIGINT, keep accepting new clients this long before draining (for a sidecar
+    /// whose application still connects while it shuts down).
+    #[arg(long, env = "LAKEBASE_PROXY_MIN_SIGTERM_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub min_sigterm_delay: Duration,
+
+    /// Address of the HTTP admin listener (metrics, probes, POST /quitquitquit).
+    #[arg(long, env = "LAKEBASE_PROXY_HTTP_ADDRESS", default_value = "127.0.0.1", value_parser = parse_address)]
+    pub http_address: IpAddr,
+
+    /// Port of the HTTP admin listener; off unless set.
+    #[arg(long, env = "LAKEBASE_PROXY_HTTP_PORT")]
+    pub http_port: Option<u16>,
+
     /// Log format.
     #[arg(long, env = "LAKEBASE_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -184,6 +197,8 @@ impl Cli {
             startup_timeout: self.startup_timeout,
             max_client_connections: self.max_client_connections,
             max_sigterm_delay: self.max_sigterm_delay,
+            min_sigterm_delay: self.min_sigterm_delay,
+            http: self.http_port.map(|port| std::net::SocketAddr::new(self.http_address, port)),
         })
     }
 }

@@ -64,6 +64,11 @@ pub struct Config {
     pub max_client_connections: usize,
     /// On SIGTERM/SIGINT, how long running transactions may take to finish.
     pub max_sigterm_delay: Duration,
+    /// On SIGTERM/SIGINT, keep accepting clients this long first (sidecars whose
+    /// application still connects while it shuts down).
+    pub min_sigterm_delay: Duration,
+    /// The HTTP admin listener (metrics, probes, quitquitquit), if enabled.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -86,6 +91,8 @@ impl Config {
             startup_timeout: Duration::from_secs(15),
             max_client_connections: 5000,
             max_sigterm_delay: Duration::from_secs(15),
+            min_sigterm_delay: Duration::ZERO,
+            http: None,
         }
     }
 

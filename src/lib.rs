@@ -17,6 +17,7 @@ pub mod config;
 pub mod credentials;
 pub mod databricks;
 pub mod error;
+pub mod ops;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;

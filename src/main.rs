@@ -4,6 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lakebase_proxy::cli::{Cli, LogFormat};
+use lakebase_proxy::config::Config;
+use lakebase_proxy::ops::health::Health;
+use lakebase_proxy::ops::http;
 use lakebase_proxy::proxy::RunningProxy;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
@@ -12,7 +15,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
     let run_connection_test = cli.run_connection_test;
-    let grace = cli.max_sigterm_delay;
     let config = match cli.into_config() {
         Ok(config) => config,
         Err(error) => {
@@ -40,21 +42,48 @@ fn main() -> ExitCode {
                 }
             };
         }
-        let proxy = match RunningProxy::start(config).await {
-            Ok(proxy) => proxy,
-            Err(error) => {
-                error!(%error, "cannot start");
-                return ExitCode::FAILURE;
-            }
-        };
-        let signal = wait_for_signal().await;
-        info!(signal, grace = ?grace, "stopping: no new clients; sessions may finish their transactions");
-        tokio::select! {
-            () = proxy.shutdown(grace) => info!("stopped"),
-            signal = wait_for_signal() => info!(signal, "second signal: stopping now"),
-        }
-        ExitCode::SUCCESS
+        serve(config).await
     })
+}
+
+/// Runs the proxy until a signal or `POST /quitquitquit`, then shuts down gracefully: keep
+/// accepting for `--min-sigterm-delay`, then drain for up to `--max-sigterm-delay`. A second
+/// signal stops at once. The exit code is 0 either way.
+async fn serve(config: Config) -> ExitCode {
+    let health = Health::new();
+    if let Some(address) = config.http
+        && let Err(error) = http::serve(address, health.clone()).await
+    {
+        error!(%error, %address, "cannot start the HTTP admin listener");
+        return ExitCode::FAILURE;
+    }
+    let (linger, grace) = (config.min_sigterm_delay, config.max_sigterm_delay);
+    let proxy = match RunningProxy::start(config).await {
+        Ok(proxy) => proxy,
+        Err(error) => {
+            error!(%error, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    health.set_started(proxy.observed());
+    let reason = tokio::select! {
+        signal = wait_for_signal() => signal,
+        () = health.quit_requested() => "POST /quitquitquit",
+    };
+    health.set_draining();
+    if !linger.is_zero() {
+        info!(reason, linger = ?linger, "stopping soon: still accepting clients for a while");
+        tokio::select! {
+            () = tokio::time::sleep(linger) => {}
+            signal = wait_for_signal() => info!(signal, "second signal: draining now"),
+        }
+    }
+    info!(reason, grace = ?grace, "stopping: no new clients; sessions may finish their transactions");
+    tokio::select! {
+        () = proxy.shutdown(grace) => info!("stopped"),
+        signal = wait_for_signal() => info!(signal, "second signal: stopping now"),
+    }
+    ExitCode::SUCCESS
 }
 
 fn init_logging(format: LogFormat, level: &str) {

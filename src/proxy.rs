@@ -17,6 +17,7 @@ use crate::cancel::CancelRegistry;
 use crate::client::{Listener, TargetContext};
 use crate::config::Config;
 use crate::credentials::CredentialCache;
+use crate::ops::health::Observed;
 use crate::pool::{HostResolver, PoolKey, Pools, Upstream};
 use crate::resolve::{ResolveTargetError, resolve_targets, roots};
 use crate::shutdown::{self, ShutdownTrigger};
@@ -51,6 +52,8 @@ pub struct RunningProxy {
     targets: Vec<RunningTarget>,
     trigger: ShutdownTrigger,
     sessions: TaskTracker,
+    caches: Vec<Arc<CredentialCache>>,
+    client_slots: Arc<Semaphore>,
     listener_tasks: Vec<JoinHandle<()>>,
     background_tasks: Vec<JoinHandle<()>>,
 }
@@ -65,6 +68,7 @@ impl RunningProxy {
     /// Resolves the targets, binds every listener, starts the background work, and begins
     /// accepting clients. Nothing is started unless every target could be set up.
     pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
+        crate::ops::metrics::install();
         let resolved = resolve_targets(&config).await.map_err(Box::new)?;
         let client_tls = match &config.client_tls {
             Some(files) => Some(tls::client_facing_config(&files.cert, &files.key)?),
@@ -114,7 +118,15 @@ impl RunningProxy {
         let mut background_tasks: Vec<_> = targets.iter().map(|t| t.pools.spawn_maintenance()).collect();
         background_tasks.extend(resolved.caches.iter().map(|cache| cache.spawn_refresher()));
         let listener_tasks = listeners.into_iter().map(|(listener, ctx)| tokio::spawn(listener.run(ctx))).collect();
-        Ok(RunningProxy { targets, trigger, sessions, listener_tasks, background_tasks })
+        Ok(RunningProxy {
+            targets,
+            trigger,
+            sessions,
+            listener_tasks,
+            background_tasks,
+            caches: resolved.caches,
+            client_slots,
+        })
     }
 
     /// The TCP address target number `index` listens on.
@@ -130,6 +142,15 @@ impl RunningProxy {
     /// The pools of target number `index`.
     pub fn pools(&self, index: usize) -> &Arc<Pools> {
         &self.targets[index].pools
+    }
+
+    /// What the probes and metrics look at.
+    pub fn observed(&self) -> Observed {
+        Observed {
+            pools: self.targets.iter().map(|t| (t.pools.upstream().label.clone(), t.pools.clone())).collect(),
+            caches: self.caches.clone(),
+            client_slots: self.client_slots.clone(),
+        }
     }
 
     /// Stops at once: no more clients, and sessions end at their next idle point.
@@ -170,7 +191,7 @@ fn upstream(
 ) -> Result<Upstream, StartError> {
     let roots = roots(target.ca_file.as_ref().or(config.ca_file.as_ref()));
     let endpoint = Endpoint::new(target, tls::upstream_config(&roots)?, config.connect_timeout)?;
-    Ok(Upstream::new(endpoint, credentials, config.pool.clone(), resolver))
+    Ok(Upstream::new(target.to_string(), endpoint, credentials, config.pool.clone(), resolver))
 }
 
 /// The pool kept warm: only where the role and database are known up front.

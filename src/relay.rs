@@ -37,6 +37,8 @@ pub struct SessionState {
     pub transaction_status: u8,
     /// The client sent at least one message.
     pub used: bool,
+    /// ReadyForQuery messages seen: query round trips.
+    pub round_trips: u64,
     /// Type of the last message the upstream sent; `E` before a close means the server
     /// explained itself (a FATAL) and the client needs no further word.
     pub last_upstream_message: u8,
@@ -50,6 +52,7 @@ impl Default for SessionState {
             transaction_status: b'I',
             used: false,
             last_upstream_message: 0,
+            round_trips: 0,
         }
     }
 }
@@ -78,6 +81,7 @@ impl SessionState {
     fn server_message(&mut self, tag: u8, body: &[u8]) -> Flow {
         self.last_upstream_message = tag;
         if tag == b'Z' {
+            self.round_trips += 1;
             self.awaiting_ready = self.awaiting_ready.saturating_sub(1);
             self.transaction_status = body.first().copied().unwrap_or(b'E');
         }
@@ -118,6 +122,8 @@ struct Pipe {
     body_left: usize,
     unflushed: bool,
     stopped: bool,
+    /// Bytes written on so far.
+    forwarded: u64,
 }
 
 impl Pipe {
@@ -186,6 +192,7 @@ impl Pipe {
                 }
                 self.buf.advance(written);
                 self.ready -= written;
+                self.forwarded += written as u64;
                 self.unflushed = true;
             }
             if self.unflushed {
@@ -312,6 +319,12 @@ impl Relay {
                 Err(PumpError::Protocol(error)) => RelayEnd::UpstreamProtocolViolation(error),
             }),
         }
+    }
+
+    /// Bytes sent to the upstream, bytes sent to the client, and ReadyForQuery messages seen
+    /// (query round trips), for metrics.
+    pub fn traffic(&self) -> (u64, u64, u64) {
+        (self.to_upstream.forwarded, self.to_client.forwarded, self.state.round_trips)
     }
 
     /// Idle outside a transaction, nothing half-read from either side and nothing waiting to

@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tracing::{error, info, warn};
 
 use crate::error::sqlstate;
+use crate::ops::metrics;
 use crate::protocol::messages::{ErrorFields, Severity};
 
 use super::session::{TargetContext, serve};
@@ -117,6 +118,7 @@ impl Listener {
                 accepted = self.accept() => match accepted {
                     Ok((stream, peer)) => match ctx.client_slots.clone().try_acquire_owned() {
                         Ok(slot) => {
+                            metrics::client_accepted(&ctx.pools.upstream().label);
                             ctx.sessions.spawn(serve(stream, peer, ctx.clone(), slot));
                         }
                         Err(_) => {
@@ -137,6 +139,7 @@ impl Listener {
 /// Tells a client beyond `--max-client-connections` so, as PostgreSQL does, and closes.
 async fn refuse_over_limit(mut stream: ClientStream, peer: Peer) {
     warn!(%peer, "client refused: --max-client-connections reached");
+    metrics::client_refused("limit");
     let mut buf = bytes::BytesMut::new();
     ErrorFields::new(Severity::Fatal, sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already")
         .with_hint("lakebase-proxy's --max-client-connections is reached.")

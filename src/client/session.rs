@@ -16,6 +16,7 @@ use super::handshake::{Handshake, SessionStartup, negotiate};
 use super::{ClientStream, HandshakeError, Peer};
 use crate::cancel::{CancelRegistry, CancelRoute};
 use crate::error::{UserFacing, sqlstate};
+use crate::ops::metrics;
 use crate::pool::{CheckoutError, Lease, Pool, PoolKey, Pools};
 use crate::protocol::messages::{self, ErrorFields, Severity};
 use crate::protocol::{CancelKey, StartupParams};
@@ -84,6 +85,21 @@ pub enum SessionError {
     ShuttingDown,
 }
 
+impl SessionError {
+    /// For sessions turned away before they started, why (a metric label).
+    fn refusal(&self) -> Option<&'static str> {
+        match self {
+            SessionError::Handshake(_) => Some("protocol"),
+            SessionError::StartupTimeout(_) => Some("startup_timeout"),
+            SessionError::UntrustedPeer(_) => Some("untrusted"),
+            SessionError::Replication => Some("replication"),
+            SessionError::Checkout(CheckoutError::Exhausted { .. }) => Some("pool_exhausted"),
+            SessionError::Checkout(CheckoutError::Connect(_)) => Some("upstream_login"),
+            _ => None,
+        }
+    }
+}
+
 impl UserFacing for SessionError {
     fn to_client(&self) -> ErrorFields {
         let fatal = |code| ErrorFields::new(Severity::Fatal, code, format!("lakebase-proxy: {self}"));
@@ -123,11 +139,15 @@ pub async fn serve(mut client: ClientStream, peer: Peer, ctx: Arc<TargetContext>
     let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("client", id, %peer, target = %ctx.target, user = tracing::field::Empty, database = tracing::field::Empty, upstream_pid = tracing::field::Empty);
     async move {
+        let _active = metrics::ActiveClient::new(&ctx.pools.upstream().label);
         match run(&mut client, &peer, &ctx).await {
             Ok(SessionEnd::NoStartup) => debug!("closed before a startup message"),
             Ok(end) => info!(?end, "session ended"),
             Err(error) => {
                 info!(%error, "session failed");
+                if let Some(reason) = error.refusal() {
+                    metrics::client_refused(reason);
+                }
                 let mut buf = BytesMut::new();
                 error.to_client().write_error(&mut buf);
                 // Best effort: the client may already be gone.
@@ -247,6 +267,8 @@ async fn attach(
         }
     };
     lease.release(relay.upstream_reusable(&end), relay.state.used);
+    let (to_upstream, to_client, round_trips) = relay.traffic();
+    metrics::session_traffic(&ctx.pools.upstream().label, to_upstream, to_client, round_trips);
     match end {
         RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => Ok(SessionEnd::ClientDone),
         RelayEnd::Idle => Err(SessionError::ShuttingDown),
@@ -281,6 +303,7 @@ async fn checkout_with_notice(
     pool: &Arc<Pool>,
     request: &SessionRequest,
 ) -> Result<Lease, SessionError> {
+    let _waiting = metrics::WaitingClient::new(&pool.upstream().label);
     let checkout = pool.checkout(&request.params);
     tokio::pin!(checkout);
     if let Ok(result) = tokio::time::timeout(NOTICE_AFTER, &mut checkout).await {

@@ -90,6 +90,7 @@ impl CredentialCache {
             return Ok(secret);
         }
         let result = self.source.fetch().await;
+        crate::ops::metrics::credential_refresh(&self.source.describe(), result.is_ok());
         let now = SystemTime::now();
         let mut state = self.state.lock().unwrap();
         match result {
@@ -156,6 +157,16 @@ impl CredentialCache {
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
+        })
+    }
+
+    /// Whether a credential that may be presented now is at hand.
+    pub fn has_usable_credential(&self) -> bool {
+        let state = self.state.lock().unwrap();
+        state.current.as_ref().is_some_and(|cached| match cached.credential.expires_at {
+            Some(_) => SystemTime::now() < cached.stale_at,
+            // Without a known expiry the last one is used even when a refresh failed.
+            None => true,
         })
     }
 

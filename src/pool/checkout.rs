@@ -7,6 +7,7 @@ use tracing::{debug, warn};
 
 use super::{Pool, Pooled};
 use crate::error::{UserFacing, sqlstate};
+use crate::ops::metrics;
 use crate::protocol::StartupParams;
 use crate::protocol::messages::{ErrorFields, Severity};
 use crate::upstream::{ConnectError, ServerConnection};
@@ -76,6 +77,7 @@ impl Lease {
         let deadline = self.deadline;
         if !reusable || Instant::now() >= deadline {
             debug!(connection = connection.id(), reusable, "closing upstream connection at release");
+            metrics::upstream_retired(&pool.upstream.label, if reusable { "lifetime" } else { "dirty" });
             pool.forget_one();
             return;
         }
@@ -85,6 +87,7 @@ impl Lease {
                     Ok(Ok(Ok(_))) => {}
                     outcome => {
                         warn!(connection = connection.id(), ?outcome, "reset failed; closing the connection");
+                        metrics::upstream_retired(&pool.upstream.label, "dirty");
                         pool.forget_one();
                         return;
                     }
@@ -130,6 +133,7 @@ impl Pool {
             let pooled = match taken {
                 Take::Exact(pooled) | Take::Adjust(pooled) if !pooled.usable() => {
                     debug!(connection = pooled.connection.id(), "dropping a dead or expired idle connection");
+                    metrics::upstream_retired(&self.upstream.label, "dead");
                     self.forget_one();
                     continue;
                 }
@@ -196,6 +200,7 @@ impl Pool {
     pub(super) async fn open(&self, params: &StartupParams) -> Result<Pooled, CheckoutError> {
         match self.login(params).await {
             Ok(mut connection) => {
+                metrics::upstream_login(&self.upstream.label, None);
                 self.upstream.learn_capacity(&mut connection).await;
                 *self.greeting.lock().unwrap() = Some(connection.server_params().into());
                 let lifetime =
@@ -204,6 +209,7 @@ impl Pool {
                 Ok(Pooled { connection, deadline, idle_since: Instant::now() })
             }
             Err(error) => {
+                metrics::upstream_login(&self.upstream.label, Some(error.class()));
                 self.forget_one();
                 if matches!(
                     error,

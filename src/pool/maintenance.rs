@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use super::{Pool, Pools};
+use crate::ops::metrics;
 use crate::protocol::StartupParams;
 
 /// How often maintenance runs at most and at least.
@@ -48,6 +49,9 @@ impl Pool {
             let expired = now >= pooled.deadline || idle_for >= idle_cap || !pooled.connection.looks_alive();
             let stale = idle_count > keep && idle_for >= idle_timeout;
             let close = expired || stale;
+            if close {
+                metrics::upstream_retired(&self.upstream.label, if stale { "idle" } else { "lifetime" });
+            }
             if close {
                 idle_count -= 1;
             }

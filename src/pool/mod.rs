@@ -117,6 +117,8 @@ pub struct Pool {
 
 /// Everything needed to open connections to one target.
 pub struct Upstream {
+    /// The target, as metrics and logs name it.
+    pub label: String,
     /// Where to connect.
     pub endpoint: Endpoint,
     /// The password source, if the upstream wants one.
@@ -139,12 +141,14 @@ const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 impl Upstream {
     /// An upstream; `resolver` is for targets whose host can move (Lakebase names).
     pub fn new(
+        label: String,
         endpoint: Endpoint,
         credentials: Option<Arc<CredentialCache>>,
         settings: PoolSettings,
         resolver: Option<HostResolver>,
     ) -> Upstream {
         Upstream {
+            label,
             endpoint,
             credentials,
             settings,
@@ -212,6 +216,11 @@ impl Upstream {
 impl Pool {
     fn new(key: PoolKey, upstream: Arc<Upstream>) -> Pool {
         Pool { key, upstream, state: Mutex::default(), available: Notify::new(), greeting: Mutex::new(None) }
+    }
+
+    /// The upstream this pool connects to.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
     }
 
     /// The key this pool serves.

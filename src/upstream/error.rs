@@ -56,6 +56,20 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
+    /// A short name for metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            ConnectError::Unreachable { .. } => "unreachable",
+            ConnectError::Timeout { .. } => "timeout",
+            ConnectError::TlsRefused { .. } | ConnectError::Tls { .. } => "tls",
+            ConnectError::Server(fields) if fields.code.starts_with("28") => "auth",
+            ConnectError::Server(_) => "server",
+            ConnectError::Credential(_) | ConnectError::NoPassword => "credential",
+            ConnectError::UnsupportedAuth(_) => "unsupported_auth",
+            ConnectError::Io(_) => "io",
+        }
+    }
+
     /// True for connection failures that may pass by themselves within seconds (network,
     /// restarts, a compute waking from scale-to-zero), as opposed to refusals that repeat until
     /// someone acts (credentials, permissions, certificates) or a missing password.

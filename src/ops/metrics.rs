@@ -1,0 +1,138 @@
+//! Metric names and the few functions that record them. Everything is recorded per session
+//! or per event, never per relayed message, so the relay's hot path stays free of it.
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::credentials::CredentialCache;
+use crate::pool::Pools;
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+pub fn install() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Suffix("_seconds".into()),
+                &[0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0],
+            )
+            .expect("the bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may be installed already (an embedding program's); then ours only
+        // renders what it sees, which is nothing. That is the embedder's choice.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// A client connection was accepted.
+pub fn client_accepted(target: &str) {
+    counter!("lakebase_proxy_client_connections_total", "target" => target.to_owned()).increment(1);
+}
+
+/// A client was turned away (`limit`, `untrusted`, `protocol`, `startup_timeout`, ...).
+pub fn client_refused(reason: &'static str) {
+    counter!("lakebase_proxy_clients_refused_total", "reason" => reason).increment(1);
+}
+
+/// Counts a client as active (attached to the proxy) until dropped.
+pub struct ActiveClient(String);
+
+impl ActiveClient {
+    /// Starts counting a client of `target`.
+    pub fn new(target: &str) -> ActiveClient {
+        gauge!("lakebase_proxy_clients_active", "target" => target.to_owned()).increment(1.0);
+        ActiveClient(target.to_owned())
+    }
+}
+
+impl Drop for ActiveClient {
+    fn drop(&mut self) {
+        gauge!("lakebase_proxy_clients_active", "target" => self.0.clone()).decrement(1.0);
+    }
+}
+
+/// Counts a client as waiting for an upstream connection until dropped.
+pub struct WaitingClient(String, std::time::Instant);
+
+impl WaitingClient {
+    /// Starts counting a waiting client of `target`.
+    pub fn new(target: &str) -> WaitingClient {
+        gauge!("lakebase_proxy_clients_waiting", "target" => target.to_owned()).increment(1.0);
+        WaitingClient(target.to_owned(), std::time::Instant::now())
+    }
+}
+
+impl Drop for WaitingClient {
+    fn drop(&mut self) {
+        gauge!("lakebase_proxy_clients_waiting", "target" => self.0.clone()).decrement(1.0);
+        histogram!("lakebase_proxy_checkout_wait_seconds", "target" => self.0.clone())
+            .record(self.1.elapsed().as_secs_f64());
+    }
+}
+
+/// An upstream login finished: `reason` is `None` on success, else a short failure class.
+pub fn upstream_login(target: &str, failure: Option<&'static str>) {
+    let (result, reason) = match failure {
+        None => ("ok", ""),
+        Some(reason) => ("error", reason),
+    };
+    counter!("lakebase_proxy_upstream_logins_total", "target" => target.to_owned(), "result" => result, "reason" => reason)
+        .increment(1);
+}
+
+/// An upstream connection was retired (`lifetime`, `idle`, `dead`, `dirty`).
+pub fn upstream_retired(target: &str, reason: &'static str) {
+    counter!("lakebase_proxy_upstream_retired_total", "target" => target.to_owned(), "reason" => reason).increment(1);
+}
+
+/// A credential fetch finished.
+pub fn credential_refresh(source: &str, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    counter!("lakebase_proxy_credential_refreshes_total", "source" => source.to_owned(), "result" => result)
+        .increment(1);
+}
+
+/// What a finished session moved.
+pub fn session_traffic(target: &str, to_upstream: u64, to_client: u64, round_trips: u64) {
+    let target = target.to_owned();
+    counter!("lakebase_proxy_bytes_total", "target" => target.clone(), "direction" => "to_upstream")
+        .increment(to_upstream);
+    counter!("lakebase_proxy_bytes_total", "target" => target.clone(), "direction" => "to_client").increment(to_client);
+    counter!("lakebase_proxy_query_round_trips_total", "target" => target).increment(round_trips);
+}
+
+/// Renders everything, after refreshing the gauges that are read rather than recorded:
+/// connections per pool state and credential ages.
+pub fn render(pools: &[(String, std::sync::Arc<Pools>)], caches: &[std::sync::Arc<CredentialCache>]) -> String {
+    for (target, pools) in pools {
+        let (mut idle, mut open) = (0, 0);
+        for pool in pools.all() {
+            let (pool_idle, pool_open) = pool.counts();
+            idle += pool_idle;
+            open += pool_open;
+        }
+        gauge!("lakebase_proxy_upstream_connections", "target" => target.clone(), "state" => "idle").set(idle as f64);
+        gauge!("lakebase_proxy_upstream_connections", "target" => target.clone(), "state" => "active")
+            .set(open.saturating_sub(idle) as f64);
+    }
+    let now = SystemTime::now();
+    for cache in caches {
+        let status = cache.status();
+        let source = cache.describe();
+        let seconds = |d: Result<Duration, _>| d.map(|d: Duration| d.as_secs_f64());
+        if let Some(fetched) = status.fetched_at {
+            let age = seconds(now.duration_since(fetched)).unwrap_or(0.0);
+            gauge!("lakebase_proxy_credential_age_seconds", "source" => source.clone()).set(age);
+        }
+        if let Some(expiry) = status.expires_at {
+            let left = seconds(expiry.duration_since(now)).unwrap_or_else(|e| -e.duration().as_secs_f64());
+            gauge!("lakebase_proxy_credential_expiry_seconds", "source" => source.clone()).set(left);
+        }
+    }
+    install().render()
+}

@@ -1,0 +1,185 @@
+//! Operations: the HTTP admin listener's metrics and probes, and shutdown over HTTP.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::binary::{ProxyProcess, free_port};
+use support::lakebase::{ENDPOINT, World};
+use support::{APP_DB, PgServer, SCRAM_USER};
+
+/// A plain HTTP/1.1 request; returns (status, body).
+fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// Parses Prometheus text exposition into `name{labels}` -> value, checking every line's shape.
+fn parse_prometheus(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(comment) = line.strip_prefix('#') {
+            let kind = comment.split_whitespace().next().unwrap();
+            assert!(kind == "TYPE" || kind == "HELP", "bad comment line {line:?}");
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "bad metric name in {line:?}");
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "bad labels in {line:?}");
+        }
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        samples.insert(series.to_owned(), value);
+    }
+    samples
+}
+
+fn sum(samples: &HashMap<String, f64>, name: &str, label: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|(series, _)| series.split('{').next() == Some(name) && series.contains(label))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn psql(port: u16, sql: &str) -> String {
+    let output = Command::new("psql")
+        .args(["-X", "-At", "-h", "127.0.0.1", "-p", &port.to_string(), "-c", sql])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+fn proxy_with_http(extra: &[&str]) -> (ProxyProcess, u16) {
+    let pg = PgServer::shared();
+    let http_port = free_port();
+    let mut args = vec![
+        format!("postgresql://{SCRAM_USER}@localhost:{}/{APP_DB}?sslrootcert={}", pg.port(), pg.ca_path().display()),
+        format!("--password-file={}", pg.password_file().display()),
+        format!("--http-port={http_port}"),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    (ProxyProcess::spawn(&args, &[]), http_port)
+}
+
+#[test]
+fn metrics_are_valid_prometheus_text_and_count_real_traffic() {
+    let (proxy, http_port) = proxy_with_http(&[]);
+    for _ in 0..3 {
+        assert_eq!(psql(proxy.port, "SELECT 1; SELECT repeat('x', 10000)").lines().next(), Some("1"));
+    }
+    // The last session's connection is reset and pooled in the background: wait for that.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (body, samples) = loop {
+        let (status, body) = http(http_port, "GET", "/metrics");
+        assert_eq!(status, 200);
+        let samples = parse_prometheus(&body);
+        let settled = sum(&samples, "lakebase_proxy_upstream_connections", "state=\"idle\"") == 1.0
+            && sum(&samples, "lakebase_proxy_clients_active", "") == 0.0;
+        if settled || Instant::now() > deadline {
+            break (body, samples);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(sum(&samples, "lakebase_proxy_client_connections_total", "") >= 3.0, "{body}");
+    assert_eq!(
+        sum(&samples, "lakebase_proxy_upstream_logins_total", "result=\"ok\""),
+        1.0,
+        "one login served all: {body}"
+    );
+    assert!(sum(&samples, "lakebase_proxy_bytes_total", "direction=\"to_client\"") > 30_000.0, "{body}");
+    assert!(sum(&samples, "lakebase_proxy_query_round_trips_total", "") >= 3.0, "{body}");
+    assert_eq!(sum(&samples, "lakebase_proxy_upstream_connections", "state=\"idle\""), 1.0, "{body}");
+    assert_eq!(sum(&samples, "lakebase_proxy_clients_active", ""), 0.0, "{body}");
+    assert!(sum(&samples, "lakebase_proxy_checkout_wait_seconds_count", "") >= 3.0, "{body}");
+    assert!(sum(&samples, "lakebase_proxy_credential_refreshes_total", "result=\"ok\"") >= 1.0, "{body}");
+    assert!(samples.keys().any(|k| k.starts_with("lakebase_proxy_credential_age_seconds")), "{body}");
+    assert!(!body.contains(support::PASSWORD));
+}
+
+#[test]
+fn token_expiry_is_exported_for_lakebase_targets() {
+    let world = World::new();
+    let http_port = free_port();
+    let proxy = world.proxy(&world.via_gateway(ENDPOINT), &[&format!("--http-port={http_port}")], &world.pat_env());
+    psql(proxy.port, "SELECT 1");
+    let samples = parse_prometheus(&http(http_port, "GET", "/metrics").1);
+    let expiry = sum(&samples, "lakebase_proxy_credential_expiry_seconds", "Lakebase credentials");
+    assert!((3000.0..=3600.0).contains(&expiry), "seconds to expiry of a one-hour token: {expiry}");
+}
+
+#[test]
+fn probes_follow_the_lifecycle_and_quitquitquit_stops_gracefully() {
+    let (mut proxy, http_port) = proxy_with_http(&["--min-sigterm-delay=2s", "--max-sigterm-delay=5s"]);
+    assert_eq!(http(http_port, "GET", "/startup").0, 200);
+    assert_eq!(http(http_port, "GET", "/readiness"), (200, "ok\n".into()));
+    assert_eq!(http(http_port, "GET", "/liveness").0, 200);
+    assert_eq!(http(http_port, "GET", "/nope").0, 404);
+    assert_eq!(http(http_port, "GET", "/quitquitquit").0, 405);
+    let (status, _) = http(http_port, "POST", "/quitquitquit");
+    assert_eq!(status, 200);
+    // During --min-sigterm-delay: not ready, still alive, still accepting clients.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while http(http_port, "GET", "/readiness").0 != 503 {
+        assert!(Instant::now() < deadline, "readiness did not drop");
+    }
+    assert_eq!(http(http_port, "GET", "/readiness").1, "shutting down\n");
+    assert_eq!(http(http_port, "GET", "/liveness").0, 200);
+    assert_eq!(psql(proxy.port, "SELECT 'still here'"), "still here");
+    // Then it drains and exits 0.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while proxy.is_running() {
+        assert!(Instant::now() < deadline, "did not exit after POST /quitquitquit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, _) = proxy.terminate();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn startup_waits_for_the_targets_to_resolve() {
+    let world = World::new();
+    world.fake.set_api_latency(Duration::from_millis(1500));
+    let http_port = free_port();
+    let args = vec![
+        world.via_gateway(ENDPOINT),
+        format!("--ca-file={}", world.fake.ca_pem_path().display()),
+        format!("--http-port={http_port}"),
+    ];
+    let env: Vec<(&str, String)> = world.pat_env();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lakebase-proxy"));
+    command.args(&args).arg(format!("--port={}", free_port())).envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    let mut child = command.stderr(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut saw_starting = false;
+    loop {
+        assert!(Instant::now() < deadline, "never started");
+        match TcpStream::connect(("127.0.0.1", http_port)) {
+            Ok(_) => match http(http_port, "GET", "/startup") {
+                (503, body) => {
+                    assert_eq!(body, "starting\n");
+                    assert_eq!(http(http_port, "GET", "/readiness").0, 503);
+                    saw_starting = true;
+                }
+                (200, _) => break,
+                other => panic!("{other:?}"),
+            },
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    assert!(saw_starting, "the probe answered before the targets were resolved");
+    let _ = child.kill();
+    let _ = child.wait();
+}
