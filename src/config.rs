@@ -96,6 +96,51 @@ impl Config {
         }
     }
 
+    /// The effective settings as (name, value) rows for `check-config` and the admin console.
+    /// Secrets are never part of a Config (only where they come from), so nothing is masked
+    /// but the password command's arguments, which can carry one.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        let duration = |d: Duration| humantime::format_duration(d).to_string();
+        let mut rows = Vec::new();
+        for (index, target) in self.targets.iter().enumerate() {
+            rows.push((format!("target.{index}"), format!("{target} (listens on port {})", self.listen_port(index))));
+        }
+        let password = match &self.password {
+            PasswordSource::None => "none".to_owned(),
+            PasswordSource::File(path) => format!("file {}", path.display()),
+            PasswordSource::Command(command) => {
+                format!("command `{} ...`", command.split_whitespace().next().unwrap_or(""))
+            }
+        };
+        let optional = |value: Option<String>| value.unwrap_or_else(|| "-".into());
+        rows.extend([
+            ("address".into(), self.address.to_string()),
+            ("port".into(), self.port.to_string()),
+            ("unix_socket".into(), optional(self.unix_socket_dir.as_ref().map(|d| d.display().to_string()))),
+            ("password".into(), password),
+            ("password_ttl".into(), duration(self.password_ttl)),
+            ("databricks.host".into(), optional(self.databricks.host.clone())),
+            ("databricks.profile".into(), optional(self.databricks.profile.clone())),
+            ("databricks.auth_type".into(), optional(self.databricks.auth_type.clone())),
+            ("token_ttl".into(), optional(self.token_ttl.map(duration))),
+            ("ca_file".into(), optional(self.ca_file.as_ref().map(|p| p.display().to_string()))),
+            ("client_tls".into(), optional(self.client_tls.as_ref().map(|t| t.cert.display().to_string()))),
+            ("lazy_attach".into(), self.lazy_attach.to_string()),
+            ("min_idle".into(), self.pool.min_idle.to_string()),
+            ("max_pool_size".into(), self.pool.max_size.to_string()),
+            ("idle_timeout".into(), duration(self.pool.idle_timeout)),
+            ("max_lifetime".into(), duration(self.pool.max_lifetime)),
+            ("checkout_timeout".into(), duration(self.pool.checkout_timeout)),
+            ("connect_timeout".into(), duration(self.connect_timeout)),
+            ("startup_timeout".into(), duration(self.startup_timeout)),
+            ("max_client_connections".into(), self.max_client_connections.to_string()),
+            ("min_sigterm_delay".into(), duration(self.min_sigterm_delay)),
+            ("max_sigterm_delay".into(), duration(self.max_sigterm_delay)),
+            ("http".into(), optional(self.http.map(|a| a.to_string()))),
+        ]);
+        rows
+    }
+
     /// The local port for target number `index`.
     pub fn listen_port(&self, index: usize) -> u16 {
         match self.targets[index].listen_port() {

@@ -65,7 +65,7 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    health.set_started(proxy.observed());
+    health.set_started(proxy.view());
     let reason = tokio::select! {
         signal = wait_for_signal() => signal,
         () = health.quit_requested() => "POST /quitquitquit",

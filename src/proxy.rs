@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use crate::cancel::CancelRegistry;
 use crate::client::{Listener, TargetContext};
 use crate::config::Config;
 use crate::credentials::CredentialCache;
-use crate::ops::health::Observed;
+use crate::ops::view::{ClientRegistry, ProxyView, TargetView};
 use crate::pool::{HostResolver, PoolKey, Pools, Upstream};
 use crate::resolve::{ResolveTargetError, resolve_targets, roots};
 use crate::shutdown::{self, ShutdownTrigger};
@@ -52,8 +52,7 @@ pub struct RunningProxy {
     targets: Vec<RunningTarget>,
     trigger: ShutdownTrigger,
     sessions: TaskTracker,
-    caches: Vec<Arc<CredentialCache>>,
-    client_slots: Arc<Semaphore>,
+    view: Arc<ProxyView>,
     listener_tasks: Vec<JoinHandle<()>>,
     background_tasks: Vec<JoinHandle<()>>,
 }
@@ -78,6 +77,10 @@ impl RunningProxy {
         let (trigger, shutdown) = shutdown::channel();
         let sessions = TaskTracker::new();
         let client_slots = Arc::new(Semaphore::new(config.max_client_connections));
+        let clients = Arc::new(ClientRegistry::default());
+        // Sessions of the admin console need the whole picture, which exists only after the loop.
+        let view_cell: Arc<OnceLock<Arc<ProxyView>>> = Arc::default();
+        let mut target_views = Vec::new();
         let mut targets = Vec::new();
         let mut listeners = Vec::new();
         for (index, resolved_target) in resolved.targets.into_iter().enumerate() {
@@ -94,6 +97,8 @@ impl RunningProxy {
                 shutdown: shutdown.clone(),
                 sessions: sessions.clone(),
                 client_slots: client_slots.clone(),
+                clients: clients.clone(),
+                view: view_cell.clone(),
             });
             let address = SocketAddr::new(config.address, config.listen_port(index));
             let tcp = Listener::tcp(address)
@@ -112,21 +117,27 @@ impl RunningProxy {
             }
             listeners.push((tcp, ctx));
             info!(target = %resolved_target.origin, upstream = %target, listen = %tcp_address, "target ready");
+            target_views.push(TargetView {
+                label: pools.upstream().label.clone(),
+                origin: resolved_target.origin.clone(),
+                listen: tcp_address.to_string(),
+                pools: pools.clone(),
+            });
             targets.push(RunningTarget { tcp_address, unix_socket, pools });
         }
 
+        let view = Arc::new(ProxyView {
+            targets: target_views,
+            caches: resolved.caches.clone(),
+            client_slots,
+            clients,
+            settings: config.describe(),
+        });
+        let _ = view_cell.set(view.clone());
         let mut background_tasks: Vec<_> = targets.iter().map(|t| t.pools.spawn_maintenance()).collect();
         background_tasks.extend(resolved.caches.iter().map(|cache| cache.spawn_refresher()));
         let listener_tasks = listeners.into_iter().map(|(listener, ctx)| tokio::spawn(listener.run(ctx))).collect();
-        Ok(RunningProxy {
-            targets,
-            trigger,
-            sessions,
-            listener_tasks,
-            background_tasks,
-            caches: resolved.caches,
-            client_slots,
-        })
+        Ok(RunningProxy { targets, trigger, sessions, listener_tasks, background_tasks, view })
     }
 
     /// The TCP address target number `index` listens on.
@@ -144,13 +155,9 @@ impl RunningProxy {
         &self.targets[index].pools
     }
 
-    /// What the probes and metrics look at.
-    pub fn observed(&self) -> Observed {
-        Observed {
-            pools: self.targets.iter().map(|t| (t.pools.upstream().label.clone(), t.pools.clone())).collect(),
-            caches: self.caches.clone(),
-            client_slots: self.client_slots.clone(),
-        }
+    /// What the probes, metrics and admin console look at.
+    pub fn view(&self) -> Arc<ProxyView> {
+        self.view.clone()
     }
 
     /// Stops at once: no more clients, and sessions end at their next idle point.

@@ -183,3 +183,45 @@ fn startup_waits_for_the_targets_to_resolve() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn the_admin_console_answers_every_show_through_psql() {
+    let (proxy, _) = proxy_with_http(&["--min-idle=1"]);
+    let _ = psql(proxy.port, "SELECT 1");
+    let console = |sql: &str, aligned: bool| {
+        let mut args = vec!["-X", "-h", "127.0.0.1", "-d", "lakebase_proxy", "-v", "ON_ERROR_STOP=1", "-c", sql];
+        if !aligned {
+            args.push("-At");
+        }
+        let port = proxy.port.to_string();
+        let output = Command::new("psql").args(&args).args(["-p", &port]).output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    for command in ["POOLS", "CLIENTS", "SERVERS", "TARGETS", "CREDENTIALS", "STATS", "CONFIG", "VERSION", "HELP"] {
+        let (ok, out, err) = console(&format!("SHOW {command}"), true);
+        assert!(ok, "SHOW {command}: {err}");
+        // psql's aligned output: a header, a rule, rows, and the row count.
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines.len() >= 3 && lines[1].starts_with('-'), "SHOW {command}:\n{out}");
+        assert!(lines.iter().any(|l| l.starts_with('(') && l.contains("row")), "SHOW {command}:\n{out}");
+    }
+    let (_, pools, _) = console("show pools;", false);
+    assert!(pools.contains(&format!("{SCRAM_USER}")) && pools.contains(APP_DB), "{pools}");
+    let (_, clients, _) = console("SHOW CLIENTS", false);
+    assert!(clients.lines().any(|l| l.contains("|console|")), "the console sees itself: {clients}");
+    let (_, servers, _) = console("SHOW SERVERS", false);
+    assert!(servers.lines().any(|l| l.contains("|idle|")), "{servers}");
+    let (_, credentials, _) = console("SHOW CREDENTIALS", false);
+    assert!(credentials.contains("password file") && !credentials.contains(support::PASSWORD), "{credentials}");
+    let (_, config, _) = console("SHOW CONFIG", false);
+    assert!(config.contains("max_pool_size|20"), "{config}");
+    let (ok, _, err) = console("DROP TABLE x", false);
+    assert!(!ok && err.contains("unknown admin command") && err.contains("SHOW HELP"), "{err}");
+    // Two statements in one query string, and the session goes on after an error.
+    let (ok, out, _) = console("SHOW VERSION; SHOW VERSION", false);
+    assert!(ok && out.matches("lakebase-proxy").count() == 2, "{out}");
+}

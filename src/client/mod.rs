@@ -1,6 +1,7 @@
 //! The client side: listening sockets, the startup handshake, and the session that ties a
 //! client to an upstream connection.
 
+mod admin;
 mod handshake;
 mod listener;
 mod session;

@@ -3,20 +3,22 @@
 //! `--lazy-attach`) -> greeting -> relay -> release.
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tracing::{Instrument, debug, info, info_span};
 
+use super::admin;
 use super::handshake::{Handshake, SessionStartup, negotiate};
 use super::{ClientStream, HandshakeError, Peer};
 use crate::cancel::{CancelRegistry, CancelRoute};
 use crate::error::{UserFacing, sqlstate};
 use crate::ops::metrics;
+use crate::ops::view::{ClientEntry, ClientInfo, ClientRegistry, ProxyView};
 use crate::pool::{CheckoutError, Lease, Pool, PoolKey, Pools};
 use crate::protocol::messages::{self, ErrorFields, Severity};
 use crate::protocol::{CancelKey, StartupParams};
@@ -48,6 +50,10 @@ pub struct TargetContext {
     pub sessions: TaskTracker,
     /// `--max-client-connections`, shared by every listener.
     pub client_slots: Arc<Semaphore>,
+    /// Connected clients, for the admin console.
+    pub clients: Arc<ClientRegistry>,
+    /// The whole proxy, for the admin console (set once everything is started).
+    pub view: Arc<OnceLock<Arc<ProxyView>>>,
 }
 
 /// A session that ended in failure; the client is told via [`UserFacing`].
@@ -121,7 +127,7 @@ impl UserFacing for SessionError {
 
 /// How a session ended without error.
 #[derive(Debug)]
-enum SessionEnd {
+pub(super) enum SessionEnd {
     /// Connected and left without a startup message (probes, port scans).
     NoStartup,
     /// A cancel request was handled.
@@ -140,7 +146,19 @@ pub async fn serve(mut client: ClientStream, peer: Peer, ctx: Arc<TargetContext>
     let span = info_span!("client", id, %peer, target = %ctx.target, user = tracing::field::Empty, database = tracing::field::Empty, upstream_pid = tracing::field::Empty);
     async move {
         let _active = metrics::ActiveClient::new(&ctx.pools.upstream().label);
-        match run(&mut client, &peer, &ctx).await {
+        let entry = ctx.clients.register(
+            id,
+            ClientInfo {
+                peer: peer.to_string(),
+                target: ctx.pools.upstream().label.clone(),
+                user: String::new(),
+                database: String::new(),
+                state: "startup",
+                upstream_pid: None,
+                connected_at: SystemTime::now(),
+            },
+        );
+        match run(&mut client, &peer, &ctx, &entry).await {
             Ok(SessionEnd::NoStartup) => debug!("closed before a startup message"),
             Ok(end) => info!(?end, "session ended"),
             Err(error) => {
@@ -160,7 +178,12 @@ pub async fn serve(mut client: ClientStream, peer: Peer, ctx: Arc<TargetContext>
     .await
 }
 
-async fn run(client: &mut ClientStream, peer: &Peer, ctx: &TargetContext) -> Result<SessionEnd, SessionError> {
+async fn run(
+    client: &mut ClientStream,
+    peer: &Peer,
+    ctx: &TargetContext,
+    entry: &ClientEntry,
+) -> Result<SessionEnd, SessionError> {
     let handshake = tokio::time::timeout(ctx.startup_timeout, negotiate(client, ctx.client_tls.as_ref()))
         .await
         .map_err(|_| SessionError::StartupTimeout(ctx.startup_timeout))??;
@@ -175,16 +198,25 @@ async fn run(client: &mut ClientStream, peer: &Peer, ctx: &TargetContext) -> Res
     if !peer.is_trusted() {
         return Err(SessionError::UntrustedPeer(peer.to_string()));
     }
+    if startup.params.get("database") == Some(admin::ADMIN_DATABASE) {
+        entry.update(|info| info.state = "console");
+        let view = ctx.view.get().cloned().ok_or(SessionError::ShuttingDown)?;
+        return admin::serve_console(client, &startup, &view).await;
+    }
     let request = SessionRequest::new(startup, &ctx.target)?;
     let span = tracing::Span::current();
     span.record("user", request.key.user.as_str());
     span.record("database", request.key.database.as_str());
+    entry.update(|info| {
+        info.user = request.key.user.clone();
+        info.database = request.key.database.clone();
+    });
     let pool = ctx.pools.get(&request.key);
     match (ctx.lazy_attach, pool.greeting()) {
-        (true, Some(greeting)) => lazy_session(client, &request, &pool, &greeting, ctx).await,
+        (true, Some(greeting)) => lazy_session(client, &request, &pool, &greeting, ctx, entry).await,
         // The first client of a pool in lazy mode attaches at once: its login teaches the
         // pool what to greet later clients with.
-        _ => eager_session(client, &request, &pool, ctx).await,
+        _ => eager_session(client, &request, &pool, ctx, entry).await,
     }
 }
 
@@ -195,19 +227,20 @@ async fn eager_session(
     request: &SessionRequest,
     pool: &Arc<Pool>,
     ctx: &TargetContext,
+    entry: &ClientEntry,
 ) -> Result<SessionEnd, SessionError> {
     // AuthenticationOk goes first, as from a server whose backend is still starting: after it
     // a client accepts notices while the upstream connection is being opened.
     let mut greeting = BytesMut::new();
     request.write_authentication(&mut greeting);
     write_flush(client, &greeting).await?;
-    let mut lease = checkout_with_notice(client, pool, request).await?;
+    let mut lease = checkout_with_notice(client, pool, request, entry).await?;
     let connection = lease.connection();
     let key = connection.key();
     greeting.clear();
     write_ready(&mut greeting, connection.server_params().iter().map(|(n, v)| (n.as_str(), v.as_str())), key);
     write_flush(client, &greeting).await?;
-    attach(client, lease, key, &[], ctx).await
+    attach(client, lease, key, &[], ctx, entry).await
 }
 
 /// `--lazy-attach`: greet from the pool's cached parameters with a proxy-issued cancel key and
@@ -218,6 +251,7 @@ async fn lazy_session(
     pool: &Arc<Pool>,
     greeting_params: &[(String, String)],
     ctx: &TargetContext,
+    entry: &ClientEntry,
 ) -> Result<SessionEnd, SessionError> {
     let key = CancelKey { pid: rand::rng().random_range(1..i32::MAX), secret: rand::rng().random() };
     let overlaid = greeting_params.iter().map(|(name, value)| {
@@ -228,6 +262,7 @@ async fn lazy_session(
     request.write_authentication(&mut greeting);
     write_ready(&mut greeting, overlaid, key);
     write_flush(client, &greeting).await?;
+    entry.update(|info| info.state = "idle");
     let mut shutdown = ctx.shutdown.clone();
     let first = tokio::select! {
         first = client.read_some() => first.map_err(SessionError::ClientIo)?,
@@ -237,8 +272,8 @@ async fn lazy_session(
     if first.first().is_none_or(|&tag| tag == b'X') {
         return Ok(SessionEnd::ClientDone);
     }
-    let lease = checkout_with_notice(client, pool, request).await?;
-    attach(client, lease, key, &first, ctx).await
+    let lease = checkout_with_notice(client, pool, request, entry).await?;
+    attach(client, lease, key, &first, ctx, entry).await
 }
 
 /// Relays between the client and a leased upstream connection, then gives the connection
@@ -249,9 +284,14 @@ async fn attach(
     client_key: CancelKey,
     client_bytes: &[u8],
     ctx: &TargetContext,
+    entry: &ClientEntry,
 ) -> Result<SessionEnd, SessionError> {
     let connection = lease.connection();
     tracing::Span::current().record("upstream_pid", connection.key().pid);
+    entry.update(|info| {
+        info.state = "active";
+        info.upstream_pid = Some(connection.key().pid);
+    });
     let _cancel_route =
         ctx.cancels.register(client_key, CancelRoute { upstream: ctx.pools.upstream().clone(), key: connection.key() });
     let mut relay = Relay::default();
@@ -302,7 +342,9 @@ async fn checkout_with_notice(
     client: &mut ClientStream,
     pool: &Arc<Pool>,
     request: &SessionRequest,
+    entry: &ClientEntry,
 ) -> Result<Lease, SessionError> {
+    entry.update(|info| info.state = "waiting");
     let _waiting = metrics::WaitingClient::new(&pool.upstream().label);
     let checkout = pool.checkout(&request.params);
     tokio::pin!(checkout);

@@ -4,25 +4,14 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
-use crate::credentials::CredentialCache;
-use crate::pool::Pools;
-
-/// The parts of a running proxy the probes and metrics look at.
-pub struct Observed {
-    /// Each target's label and pools.
-    pub pools: Vec<(String, Arc<Pools>)>,
-    /// Every credential cache.
-    pub caches: Vec<Arc<CredentialCache>>,
-    /// The client-connection limit.
-    pub client_slots: Arc<Semaphore>,
-}
+use super::view::ProxyView;
 
 /// Shared health state of the process.
 #[derive(Default)]
 pub struct Health {
-    observed: Mutex<Option<Arc<Observed>>>,
+    view: Mutex<Option<Arc<ProxyView>>>,
     draining: AtomicBool,
     quit: Notify,
 }
@@ -34,8 +23,8 @@ impl Health {
     }
 
     /// Marks the proxy started: listeners bound, targets resolved.
-    pub fn set_started(&self, observed: Observed) {
-        *self.observed.lock().unwrap() = Some(Arc::new(observed));
+    pub fn set_started(&self, view: Arc<ProxyView>) {
+        *self.view.lock().unwrap() = Some(view);
     }
 
     /// Marks the proxy as shutting down: no longer ready.
@@ -43,19 +32,19 @@ impl Health {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    /// What is observed, once started.
-    pub fn observed(&self) -> Option<Arc<Observed>> {
-        self.observed.lock().unwrap().clone()
+    /// The running proxy, once started.
+    pub fn view(&self) -> Option<Arc<ProxyView>> {
+        self.view.lock().unwrap().clone()
     }
 
     /// `/startup`: the proxy finished starting (it may be draining since).
     pub fn started(&self) -> bool {
-        self.observed().is_some()
+        self.view().is_some()
     }
 
     /// `/readiness`: `Ok` when new clients would be served now, else why not.
     pub fn ready(&self) -> Result<(), String> {
-        let observed = self.observed().ok_or("starting")?;
+        let observed = self.view().ok_or("starting")?;
         if self.draining.load(Ordering::SeqCst) {
             return Err("shutting down".into());
         }

@@ -51,8 +51,8 @@ async fn route(request: Request<Incoming>, health: Arc<Health>) -> Result<Respon
     };
     let response = match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => {
-            let text = match health.observed() {
-                Some(observed) => metrics::render(&observed.pools, &observed.caches),
+            let text = match health.view() {
+                Some(view) => metrics::render(&view),
                 None => metrics::install().render(),
             };
             let mut response = reply(StatusCode::OK, text);

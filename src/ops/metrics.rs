@@ -7,8 +7,7 @@ use std::time::{Duration, SystemTime};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::credentials::CredentialCache;
-use crate::pool::Pools;
+use super::view::ProxyView;
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 pub fn install() -> &'static PrometheusHandle {
@@ -108,8 +107,9 @@ pub fn session_traffic(target: &str, to_upstream: u64, to_client: u64, round_tri
 
 /// Renders everything, after refreshing the gauges that are read rather than recorded:
 /// connections per pool state and credential ages.
-pub fn render(pools: &[(String, std::sync::Arc<Pools>)], caches: &[std::sync::Arc<CredentialCache>]) -> String {
-    for (target, pools) in pools {
+pub fn render(view: &ProxyView) -> String {
+    for target in &view.targets {
+        let (target, pools) = (&target.label, &target.pools);
         let (mut idle, mut open) = (0, 0);
         for pool in pools.all() {
             let (pool_idle, pool_open) = pool.counts();
@@ -121,7 +121,7 @@ pub fn render(pools: &[(String, std::sync::Arc<Pools>)], caches: &[std::sync::Ar
             .set(open.saturating_sub(idle) as f64);
     }
     let now = SystemTime::now();
-    for cache in caches {
+    for cache in &view.caches {
         let status = cache.status();
         let source = cache.describe();
         let seconds = |d: Result<Duration, _>| d.map(|d: Duration| d.as_secs_f64());

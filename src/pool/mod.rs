@@ -233,6 +233,17 @@ impl Pool {
         self.greeting.lock().unwrap().clone()
     }
 
+    /// (backend pid, age, idle time) of each idle connection, for the admin console.
+    pub fn idle_connections(&self) -> Vec<(i32, Duration, Duration)> {
+        let now = Instant::now();
+        let state = self.state.lock().unwrap();
+        state
+            .idle
+            .iter()
+            .map(|p| (p.connection.key().pid, now - p.connection.opened_at(), now - p.idle_since))
+            .collect()
+    }
+
     /// (idle, open) connection counts.
     pub fn counts(&self) -> (usize, usize) {
         let state = self.state.lock().unwrap();

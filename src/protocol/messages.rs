@@ -59,6 +59,49 @@ pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: u16, unsupported: &
     });
 }
 
+/// RowDescription for text columns named `names` (used by the admin console).
+pub fn row_description(buf: &mut BytesMut, names: &[&str]) {
+    const TEXT_OID: u32 = 25;
+    message(buf, b'T', |body| {
+        body.put_i16(names.len() as i16);
+        for name in names {
+            put_cstr(body, name);
+            body.put_u32(0); // not from a table
+            body.put_i16(0);
+            body.put_u32(TEXT_OID);
+            body.put_i16(-1); // variable length
+            body.put_i32(-1); // no type modifier
+            body.put_i16(0); // text format
+        }
+    });
+}
+
+/// DataRow of text values; `None` is NULL.
+pub fn data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
+    message(buf, b'D', |body| {
+        body.put_i16(values.len() as i16);
+        for value in values {
+            match value {
+                Some(text) => {
+                    body.put_i32(text.len() as i32);
+                    body.extend_from_slice(text.as_bytes());
+                }
+                None => body.put_i32(-1),
+            }
+        }
+    });
+}
+
+/// CommandComplete with `tag` (e.g. `SHOW`).
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    message(buf, b'C', |body| put_cstr(body, tag));
+}
+
+/// EmptyQueryResponse.
+pub fn empty_query_response(buf: &mut BytesMut) {
+    message(buf, b'I', |_| {});
+}
+
 /// Severity of an ErrorResponse or NoticeResponse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {

@@ -1,0 +1,95 @@
+//! A read-only view of a running proxy, for the probes, the metrics and the admin console.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::sync::Semaphore;
+
+use crate::credentials::CredentialCache;
+use crate::pool::Pools;
+
+/// What the ops surfaces look at.
+pub struct ProxyView {
+    /// Every target, in command-line order.
+    pub targets: Vec<TargetView>,
+    /// Every credential cache (database passwords and the workspace token).
+    pub caches: Vec<Arc<CredentialCache>>,
+    /// The client-connection limit.
+    pub client_slots: Arc<Semaphore>,
+    /// Connected clients.
+    pub clients: Arc<ClientRegistry>,
+    /// Effective settings, secrets masked.
+    pub settings: Vec<(String, String)>,
+}
+
+/// One target as the ops surfaces show it.
+pub struct TargetView {
+    /// How logs and metrics name it.
+    pub label: String,
+    /// What it was resolved from (a Lakebase name, or the URL).
+    pub origin: String,
+    /// Where it listens.
+    pub listen: String,
+    /// Its pools.
+    pub pools: Arc<Pools>,
+}
+
+/// What is known about one connected client.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Where it connected from.
+    pub peer: String,
+    /// The target it connected to.
+    pub target: String,
+    /// Upstream role, once known.
+    pub user: String,
+    /// Upstream database, once known.
+    pub database: String,
+    /// `startup`, `waiting`, `active`, `idle` (lazy, unattached), `console`.
+    pub state: &'static str,
+    /// Backend pid of the attached upstream connection.
+    pub upstream_pid: Option<i32>,
+    /// When it connected.
+    pub connected_at: SystemTime,
+}
+
+/// The connected clients, by session id.
+#[derive(Default)]
+pub struct ClientRegistry {
+    clients: Mutex<BTreeMap<u64, ClientInfo>>,
+}
+
+impl ClientRegistry {
+    /// Adds a client until the returned entry is dropped.
+    pub fn register(self: &Arc<Self>, id: u64, info: ClientInfo) -> ClientEntry {
+        self.clients.lock().unwrap().insert(id, info);
+        ClientEntry { registry: self.clone(), id }
+    }
+
+    /// A snapshot, by session id.
+    pub fn snapshot(&self) -> Vec<(u64, ClientInfo)> {
+        self.clients.lock().unwrap().iter().map(|(id, info)| (*id, info.clone())).collect()
+    }
+}
+
+/// One client's place in the registry.
+pub struct ClientEntry {
+    registry: Arc<ClientRegistry>,
+    id: u64,
+}
+
+impl ClientEntry {
+    /// Changes what is recorded about the client.
+    pub fn update(&self, change: impl FnOnce(&mut ClientInfo)) {
+        if let Some(info) = self.registry.clients.lock().unwrap().get_mut(&self.id) {
+            change(info);
+        }
+    }
+}
+
+impl Drop for ClientEntry {
+    fn drop(&mut self) {
+        self.registry.clients.lock().unwrap().remove(&self.id);
+    }
+}
