@@ -1,5 +1,6 @@
 //! The command line. Every flag can also be set as `LAKEBASE_PROXY_<FLAG>` in the environment.
 
+use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,13 +16,53 @@ use crate::target::{TargetError, TargetSpec};
 /// over verified TLS with a password it keeps fresh, and pools the connections.
 #[derive(Debug, Parser)]
 #[command(name = "lakebase-proxy", version, about, long_about = None)]
+#[command(args_conflicts_with_subcommands = true, args_override_self = true)]
 pub struct Cli {
+    /// Serving options.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+    /// Something other than serving.
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
+}
+
+/// The other things the binary does.
+#[derive(Debug, clap::Subcommand)]
+pub enum Subcommand {
+    /// Validate the configuration (file, flags, environment) and print the effective settings, secrets masked.
+    CheckConfig(ProxyArgs),
+    /// Block until a lakebase-proxy's /startup probe answers 200 (for ordering containers at start).
+    Wait(WaitArgs),
+}
+
+/// Options of `wait`.
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    /// Address of the proxy's HTTP admin listener.
+    #[arg(long, env = "LAKEBASE_PROXY_HTTP_ADDRESS", default_value = "127.0.0.1", value_parser = parse_address)]
+    pub http_address: IpAddr,
+    /// Port of the proxy's HTTP admin listener.
+    #[arg(long, env = "LAKEBASE_PROXY_HTTP_PORT")]
+    pub http_port: u16,
+    /// Give up (exit 1) after this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Everything that configures the proxy itself.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProxyArgs {
+    /// A TOML file with any of these settings (keys are the long option names with `_`) and
+    /// [[target]] tables; the command line and the environment win over it. SIGHUP re-reads it.
+    #[arg(long, env = "LAKEBASE_PROXY_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
     /// Upstreams to serve: a Lakebase name (projects/P/branches/B/endpoints/E, projects/P/branches/B,
     /// projects/P, instances/NAME) or postgresql://[user@]host[:port][/dbname]; options as
     /// ?port=N&connect-to=HOST:PORT (and database=, user=, read-only for Lakebase; sslrootcert= for URLs)
     // Kept as text here and parsed in `into_config`: clap would echo a rejected value, and a
     // target with a password in it must not be printed.
-    #[arg(required = true, env = "LAKEBASE_PROXY_TARGET", value_name = "TARGET")]
+    #[arg(env = "LAKEBASE_PROXY_TARGET", value_name = "TARGET")]
     pub targets: Vec<String>,
 
     /// Databricks workspace URL (else DATABRICKS_HOST or the config profile).
@@ -161,9 +202,12 @@ fn parse_address(text: &str) -> Result<IpAddr, String> {
     text.parse().map_err(|_| format!("{text:?} is not an IP address"))
 }
 
-impl Cli {
+impl ProxyArgs {
     /// The settings these flags describe, or why a target is unusable.
     pub fn into_config(self) -> Result<Config, TargetError> {
+        if self.targets.is_empty() {
+            return Err(TargetError::none_given());
+        }
         let targets = self.targets.iter().map(|spec| spec.parse()).collect::<Result<Vec<TargetSpec>, _>>()?;
         let password = match (self.password_file, self.password_command) {
             (Some(path), _) => PasswordSource::File(path),
@@ -225,7 +269,7 @@ mod tests {
             "--address=localhost",
         ])
         .unwrap();
-        let config = cli.into_config().unwrap();
+        let config = cli.proxy.into_config().unwrap();
         assert_eq!(config.password, PasswordSource::Command("cat /pw".into()));
         assert_eq!(config.pool.max_lifetime, Duration::from_secs(3600));
         assert_eq!((config.listen_port(0), config.listen_port(1)), (6000, 7000));
@@ -239,4 +283,35 @@ mod tests {
                 .is_err()
         );
     }
+}
+
+/// Why the command line (with its config file) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// clap's own error (it also prints help and version).
+    #[error(transparent)]
+    Arguments(#[from] clap::Error),
+    /// The config file is unusable.
+    #[error(transparent)]
+    File(#[from] crate::config_file::ConfigFileError),
+}
+
+/// Parses `argv`, folding in the `--config` file: its settings go before the real arguments,
+/// so the command line wins, and its targets are used when none are given otherwise.
+pub fn parse(argv: &[OsString]) -> Result<Cli, LoadError> {
+    let cli = Cli::try_parse_from(argv)?;
+    let (args, insert_at) = match &cli.command {
+        None => (&cli.proxy, 1),
+        Some(Subcommand::CheckConfig(args)) => (args, 2),
+        Some(Subcommand::Wait(_)) => return Ok(cli),
+    };
+    let Some(path) = &args.config else { return Ok(cli) };
+    let file = crate::config_file::load(path, &|name| std::env::var_os(name).is_some())?;
+    let mut full: Vec<OsString> = argv[..insert_at].to_vec();
+    full.extend(file.options);
+    full.extend(argv[insert_at..].iter().cloned());
+    if args.targets.is_empty() {
+        full.extend(file.targets);
+    }
+    Ok(Cli::try_parse_from(full)?)
 }

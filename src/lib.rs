@@ -14,6 +14,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod config_file;
 pub mod credentials;
 pub mod databricks;
 pub mod error;

@@ -2,8 +2,10 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use lakebase_proxy::cli::{Cli, LogFormat};
+use std::ffi::OsString;
+use std::time::Duration;
+
+use lakebase_proxy::cli::{self, LoadError, LogFormat, ProxyArgs, Subcommand, WaitArgs};
 use lakebase_proxy::config::Config;
 use lakebase_proxy::ops::health::Health;
 use lakebase_proxy::ops::http;
@@ -12,11 +14,10 @@ use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log_level);
-    let run_connection_test = cli.run_connection_test;
-    let config = match cli.into_config() {
-        Ok(config) => config,
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cli = match cli::parse(&argv) {
+        Ok(cli) => cli,
+        Err(LoadError::Arguments(error)) => error.exit(),
         Err(error) => {
             eprintln!("lakebase-proxy: {error}");
             return ExitCode::from(2);
@@ -27,6 +28,20 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("lakebase-proxy: cannot start the runtime: {error}");
             return ExitCode::FAILURE;
+        }
+    };
+    let proxy_args = match cli.command {
+        Some(Subcommand::Wait(args)) => return runtime.block_on(wait(args)),
+        Some(Subcommand::CheckConfig(args)) => return check_config(args),
+        None => cli.proxy,
+    };
+    init_logging(proxy_args.log_format, &proxy_args.log_level);
+    let run_connection_test = proxy_args.run_connection_test;
+    let config = match proxy_args.into_config() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("lakebase-proxy: {error}");
+            return ExitCode::from(2);
         }
     };
     runtime.block_on(async {
@@ -42,14 +57,49 @@ fn main() -> ExitCode {
                 }
             };
         }
-        serve(config).await
+        serve(config, argv).await
     })
+}
+
+/// `check-config`: the effective settings, or why there are none.
+fn check_config(args: ProxyArgs) -> ExitCode {
+    match args.into_config() {
+        Ok(config) => {
+            for (key, value) in config.describe() {
+                println!("{key} = {value}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("lakebase-proxy: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `wait`: polls the /startup probe until it answers 200.
+async fn wait(args: WaitArgs) -> ExitCode {
+    let url = format!("http://{}/startup", std::net::SocketAddr::new(args.http_address, args.http_port));
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    loop {
+        if let Ok(response) = client.get(&url).timeout(Duration::from_secs(2)).send().await
+            && response.status().is_success()
+        {
+            return ExitCode::SUCCESS;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!("lakebase-proxy: {url} did not answer 200 within {}", humantime::format_duration(args.timeout));
+            return ExitCode::FAILURE;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Runs the proxy until a signal or `POST /quitquitquit`, then shuts down gracefully: keep
 /// accepting for `--min-sigterm-delay`, then drain for up to `--max-sigterm-delay`. A second
 /// signal stops at once. The exit code is 0 either way.
-async fn serve(config: Config) -> ExitCode {
+async fn serve(config: Config, _argv: Vec<OsString>) -> ExitCode {
     let health = Health::new();
     if let Some(address) = config.http
         && let Err(error) = http::serve(address, health.clone()).await

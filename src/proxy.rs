@@ -198,7 +198,7 @@ fn upstream(
 ) -> Result<Upstream, StartError> {
     let roots = roots(target.ca_file.as_ref().or(config.ca_file.as_ref()));
     let endpoint = Endpoint::new(target, tls::upstream_config(&roots)?, config.connect_timeout)?;
-    Ok(Upstream::new(target.to_string(), endpoint, credentials, config.pool.clone(), resolver))
+    Ok(Upstream::new(target.to_string(), endpoint, credentials, target.pool.apply(&config.pool), resolver))
 }
 
 /// The pool kept warm: only where the role and database are known up front.

@@ -140,6 +140,7 @@ async fn resolve_lakebase(
         database: Some(lakebase.database.clone().unwrap_or_else(|| LAKEBASE_DEFAULT_DATABASE.to_owned())),
         ca_file: None,
         listen_port: lakebase.listen_port,
+        pool: lakebase.pool.clone(),
     };
     let source = LakebaseSource { api: workspace.api.clone(), scope: resolved.scope.clone(), ttl: config.token_ttl };
     let credentials = CredentialCache::new(Box::new(source), RefreshPolicy::default());

@@ -4,11 +4,13 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
 use url::Url;
 
 use crate::databricks::Resource;
+use crate::pool::PoolSettings;
 
 /// Database Lakebase clients land in unless they name another.
 pub const LAKEBASE_DEFAULT_DATABASE: &str = "databricks_postgres";
@@ -38,6 +40,8 @@ pub struct LakebaseTarget {
     pub user: Option<String>,
     /// Connect to the read-only host.
     pub read_only: bool,
+    /// Pool settings for this target.
+    pub pool: PoolOverrides,
 }
 
 impl TargetSpec {
@@ -78,12 +82,15 @@ impl FromStr for TargetSpec {
             database: None,
             user: None,
             read_only: false,
+            pool: PoolOverrides::default(),
         };
         for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            if common_parameter(&key, &value, &mut target.listen_port, &mut target.connect_to, &mut target.pool)
+                .map_err(fail)?
+            {
+                continue;
+            }
             match &*key {
-                "port" | "connect-to" => {
-                    common_parameter(&key, &value, &mut target.listen_port, &mut target.connect_to).map_err(fail)?
-                }
                 "database" => target.database = Some(value.into_owned()),
                 "user" => target.user = Some(value.into_owned()),
                 "read-only" => {
@@ -97,7 +104,7 @@ impl FromStr for TargetSpec {
                 }
                 other => {
                     return Err(fail(format!(
-                        "unknown parameter {other:?} (supported: port, connect-to, database, user, read-only)"
+                        "unknown parameter {other:?} (supported: database, user, read-only, {COMMON_PARAMETERS})"
                     )));
                 }
             }
@@ -106,19 +113,59 @@ impl FromStr for TargetSpec {
     }
 }
 
-/// Parameters both kinds of target take.
+/// Pool settings a target may set for itself (`min-idle=`, `max-pool-size=`,
+/// `idle-timeout=`, `max-lifetime=`), over the global ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolOverrides {
+    /// `min-idle=`.
+    pub min_idle: Option<usize>,
+    /// `max-pool-size=`.
+    pub max_size: Option<usize>,
+    /// `idle-timeout=`.
+    pub idle_timeout: Option<Duration>,
+    /// `max-lifetime=`.
+    pub max_lifetime: Option<Duration>,
+}
+
+impl PoolOverrides {
+    /// `settings` with these overrides applied.
+    pub fn apply(&self, settings: &PoolSettings) -> PoolSettings {
+        PoolSettings {
+            min_idle: self.min_idle.unwrap_or(settings.min_idle),
+            max_size: self.max_size.unwrap_or(settings.max_size),
+            idle_timeout: self.idle_timeout.unwrap_or(settings.idle_timeout),
+            max_lifetime: self.max_lifetime.unwrap_or(settings.max_lifetime),
+            checkout_timeout: settings.checkout_timeout,
+        }
+    }
+}
+
+/// Parameters both kinds of target take; `Ok(false)` when `key` is not one of them.
 fn common_parameter(
     key: &str,
     value: &str,
     listen_port: &mut Option<u16>,
     connect_to: &mut Option<(String, u16)>,
-) -> Result<(), String> {
+    pool: &mut PoolOverrides,
+) -> Result<bool, String> {
+    let count = |what: &str| value.parse::<usize>().map_err(|_| format!("{what}={value} is not a number"));
+    let duration = |what: &str| humantime::parse_duration(value).map_err(|e| format!("{what}={value}: {e}"));
     match key {
         "port" => *listen_port = Some(value.parse().map_err(|_| format!("port={value} is not a port number"))?),
-        _ => *connect_to = Some(parse_host_port(value).ok_or_else(|| format!("connect-to={value} is not HOST:PORT"))?),
+        "connect-to" => {
+            *connect_to = Some(parse_host_port(value).ok_or_else(|| format!("connect-to={value} is not HOST:PORT"))?)
+        }
+        "min-idle" => pool.min_idle = Some(count(key)?),
+        "max-pool-size" => pool.max_size = Some(count(key)?.max(1)),
+        "idle-timeout" => pool.idle_timeout = Some(duration(key)?),
+        "max-lifetime" => pool.max_lifetime = Some(duration(key)?),
+        _ => return Ok(false),
     }
-    Ok(())
+    Ok(true)
 }
+
+/// Listed in errors about unknown parameters.
+const COMMON_PARAMETERS: &str = "port, connect-to, min-idle, max-pool-size, idle-timeout, max-lifetime";
 
 /// Default PostgreSQL port.
 pub const DEFAULT_PORT: u16 = 5432;
@@ -142,6 +189,8 @@ pub struct Target {
     pub ca_file: Option<PathBuf>,
     /// Local port to listen on for this target.
     pub listen_port: Option<u16>,
+    /// Pool settings for this target.
+    pub pool: PoolOverrides,
 }
 
 /// A TARGET that cannot be used, with the reason.
@@ -150,6 +199,17 @@ pub struct Target {
 pub struct TargetError {
     target: String,
     reason: String,
+}
+
+impl TargetError {
+    /// For a configuration with no target at all.
+    pub fn none_given() -> TargetError {
+        TargetError {
+            target: String::new(),
+            reason: "no TARGET given (on the command line, in LAKEBASE_PROXY_TARGET, or as [[target]] in --config)"
+                .into(),
+        }
+    }
 }
 
 impl Target {
@@ -203,19 +263,16 @@ impl FromStr for Target {
             database,
             ca_file: None,
             listen_port: None,
+            pool: PoolOverrides::default(),
         };
         for (key, value) in url.query_pairs() {
+            if common_parameter(&key, &value, &mut target.listen_port, &mut target.connect_to, &mut target.pool)
+                .map_err(fail)?
+            {
+                continue;
+            }
             match &*key {
                 "sslrootcert" => target.ca_file = Some(PathBuf::from(&*value)),
-                "port" => {
-                    target.listen_port =
-                        Some(value.parse().map_err(|_| fail(format!("port={value} is not a port number")))?)
-                }
-                "connect-to" => {
-                    target.connect_to = Some(
-                        parse_host_port(&value).ok_or_else(|| fail(format!("connect-to={value} is not HOST:PORT")))?,
-                    )
-                }
                 "sslmode" if value == "disable" => {
                     return Err(fail("sslmode=disable: lakebase-proxy always uses verified TLS upstream".into()));
                 }
@@ -223,7 +280,7 @@ impl FromStr for Target {
                 "sslmode" => {}
                 other => {
                     return Err(fail(format!(
-                        "unknown parameter {other:?} (supported: sslrootcert, port, connect-to, sslmode)"
+                        "unknown parameter {other:?} (supported: sslrootcert, sslmode, {COMMON_PARAMETERS})"
                     )));
                 }
             }
@@ -301,6 +358,19 @@ mod tests {
         assert!("projects/app?bogus=1".parse::<TargetSpec>().is_err());
         assert!("projects/app?read-only=maybe".parse::<TargetSpec>().is_err());
         assert!("db.example.com".parse::<TargetSpec>().unwrap_err().to_string().contains("Lakebase name"));
+    }
+
+    #[test]
+    fn targets_may_set_their_own_pool_limits() {
+        let target: Target = "postgresql://h/db?max-pool-size=5&idle-timeout=90s".parse().unwrap();
+        let settings = target.pool.apply(&PoolSettings::default());
+        assert_eq!((settings.max_size, settings.idle_timeout), (5, Duration::from_secs(90)));
+        assert_eq!(settings.max_lifetime, PoolSettings::default().max_lifetime);
+        let TargetSpec::Lakebase(lakebase) = "projects/app?min-idle=2".parse::<TargetSpec>().unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(lakebase.pool.min_idle, Some(2));
+        assert!("projects/app?max-lifetime=forever".parse::<TargetSpec>().is_err());
     }
 
     #[test]
