@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Debug, clap::Subcommand)]
 pub enum Subcommand {
     /// Validate the configuration (file, flags, environment) and print the effective settings, secrets masked.
-    CheckConfig(ProxyArgs),
+    CheckConfig(Box<ProxyArgs>),
     /// Block until a lakebase-proxy's /startup probe answers 200 (for ordering containers at start).
     Wait(WaitArgs),
 }
@@ -302,7 +302,7 @@ pub fn parse(argv: &[OsString]) -> Result<Cli, LoadError> {
     let cli = Cli::try_parse_from(argv)?;
     let (args, insert_at) = match &cli.command {
         None => (&cli.proxy, 1),
-        Some(Subcommand::CheckConfig(args)) => (args, 2),
+        Some(Subcommand::CheckConfig(args)) => (&**args, 2),
         Some(Subcommand::Wait(_)) => return Ok(cli),
     };
     let Some(path) = &args.config else { return Ok(cli) };

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     };
     let proxy_args = match cli.command {
         Some(Subcommand::Wait(args)) => return runtime.block_on(wait(args)),
-        Some(Subcommand::CheckConfig(args)) => return check_config(args),
+        Some(Subcommand::CheckConfig(args)) => return check_config(*args),
         None => cli.proxy,
     };
     init_logging(proxy_args.log_format, &proxy_args.log_level);
