@@ -210,7 +210,7 @@ fn the_admin_console_answers_every_show_through_psql() {
         assert!(lines.iter().any(|l| l.starts_with('(') && l.contains("row")), "SHOW {command}:\n{out}");
     }
     let (_, pools, _) = console("show pools;", false);
-    assert!(pools.contains(&format!("{SCRAM_USER}")) && pools.contains(APP_DB), "{pools}");
+    assert!(pools.contains(SCRAM_USER) && pools.contains(APP_DB), "{pools}");
     let (_, clients, _) = console("SHOW CLIENTS", false);
     assert!(clients.lines().any(|l| l.contains("|console|")), "the console sees itself: {clients}");
     let (_, servers, _) = console("SHOW SERVERS", false);
