@@ -10,6 +10,7 @@ use lakebase_proxy::config::Config;
 use lakebase_proxy::ops::health::Health;
 use lakebase_proxy::ops::http;
 use lakebase_proxy::proxy::RunningProxy;
+use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -99,7 +100,7 @@ async fn wait(args: WaitArgs) -> ExitCode {
 /// Runs the proxy until a signal or `POST /quitquitquit`, then shuts down gracefully: keep
 /// accepting for `--min-sigterm-delay`, then drain for up to `--max-sigterm-delay`. A second
 /// signal stops at once. The exit code is 0 either way.
-async fn serve(config: Config, _argv: Vec<OsString>) -> ExitCode {
+async fn serve(config: Config, argv: Vec<OsString>) -> ExitCode {
     let health = Health::new();
     if let Some(address) = config.http
         && let Err(error) = http::serve(address, health.clone()).await
@@ -108,7 +109,7 @@ async fn serve(config: Config, _argv: Vec<OsString>) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let (linger, grace) = (config.min_sigterm_delay, config.max_sigterm_delay);
-    let proxy = match RunningProxy::start(config).await {
+    let mut proxy = match RunningProxy::start(config).await {
         Ok(proxy) => proxy,
         Err(error) => {
             error!(%error, "cannot start");
@@ -116,9 +117,13 @@ async fn serve(config: Config, _argv: Vec<OsString>) -> ExitCode {
         }
     };
     health.set_started(proxy.view());
-    let reason = tokio::select! {
-        signal = wait_for_signal() => signal,
-        () = health.quit_requested() => "POST /quitquitquit",
+    let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    let reason = loop {
+        tokio::select! {
+            signal = wait_for_signal() => break signal,
+            () = health.quit_requested() => break "POST /quitquitquit",
+            _ = hangup.recv() => reload(&mut proxy, &argv).await,
+        }
     };
     health.set_draining();
     if !linger.is_zero() {
@@ -136,6 +141,30 @@ async fn serve(config: Config, _argv: Vec<OsString>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// SIGHUP: reads the configuration again (command line, environment, file) and applies it;
+/// a configuration that does not load or start is rejected and the current one stays.
+async fn reload(proxy: &mut RunningProxy, argv: &[OsString]) {
+    let config = match cli::parse(argv)
+        .map_err(|e| e.to_string())
+        .and_then(|cli| cli.proxy.into_config().map_err(|e| e.to_string()))
+    {
+        Ok(config) => config,
+        Err(error) => {
+            error!(%error, "reload rejected; keeping the current configuration");
+            return;
+        }
+    };
+    match proxy.reload(config).await {
+        Ok(notes) if notes.is_empty() => info!("reloaded: nothing changed"),
+        Ok(notes) => {
+            for note in notes {
+                info!(%note, "reloaded");
+            }
+        }
+        Err(error) => error!(%error, "reload rejected; keeping the current configuration"),
+    }
+}
+
 fn init_logging(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -146,7 +175,6 @@ fn init_logging(format: LogFormat, level: &str) {
 }
 
 async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => "SIGINT",

@@ -1,10 +1,10 @@
 //! Wires the parts together: resolved targets, and per target a TLS configuration, an
-//! endpoint, its pools, and listeners; then the background refreshers and maintenance.
+//! endpoint, its pools and listeners; the background refreshers and maintenance; and reloads
+//! that add, remove or retune targets while sessions carry on.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
-
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -19,13 +19,13 @@ use crate::config::Config;
 use crate::credentials::CredentialCache;
 use crate::ops::view::{ClientRegistry, ProxyView, TargetView};
 use crate::pool::{HostResolver, PoolKey, Pools, Upstream};
-use crate::resolve::{ResolveTargetError, resolve_targets, roots};
-use crate::shutdown::{self, ShutdownTrigger};
-use crate::target::Target;
+use crate::resolve::{ResolveTargetError, ResolvedTarget, resolve_targets, roots};
+use crate::shutdown::{self, Shutdown, ShutdownTrigger};
+use crate::target::{PoolOverrides, Target, TargetSpec};
 use crate::tls::{self, TlsSetupError};
 use crate::upstream::{ConnectError, Endpoint};
 
-/// Why the proxy could not start.
+/// Why the proxy could not start (or a reload was refused).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A TLS file is missing or invalid.
@@ -47,20 +47,48 @@ pub enum StartError {
     },
 }
 
-/// A started proxy. Dropping it does not stop it; call [`RunningProxy::stop`].
+/// A started proxy. Dropping it does not stop it; call [`RunningProxy::shutdown`].
 pub struct RunningProxy {
+    shared: Shared,
     targets: Vec<RunningTarget>,
-    trigger: ShutdownTrigger,
-    sessions: TaskTracker,
-    view: Arc<ProxyView>,
-    listener_tasks: Vec<JoinHandle<()>>,
+    config: Config,
     background_tasks: Vec<JoinHandle<()>>,
 }
 
+/// What the sessions of every target share.
+struct Shared {
+    cancels: Arc<CancelRegistry>,
+    trigger: ShutdownTrigger,
+    shutdown: Shutdown,
+    sessions: TaskTracker,
+    client_tls: Option<Arc<rustls::ServerConfig>>,
+    view: Arc<ProxyView>,
+}
+
+/// One served target.
 struct RunningTarget {
+    spec: TargetSpec,
+    listen_port: u16,
     tcp_address: SocketAddr,
     unix_socket: Option<PathBuf>,
     pools: Arc<Pools>,
+    origin: String,
+    /// Stops this target's listeners alone (a reload that removes it).
+    stop: ShutdownTrigger,
+    listener_tasks: Vec<JoinHandle<()>>,
+    maintenance: JoinHandle<()>,
+}
+
+/// A target whose listeners are bound but not yet accepting.
+struct PreparedTarget {
+    spec: TargetSpec,
+    listen_port: u16,
+    tcp_address: SocketAddr,
+    unix_socket: Option<PathBuf>,
+    pools: Arc<Pools>,
+    origin: String,
+    listeners: Vec<(Listener, Arc<TargetContext>)>,
+    stop: (ShutdownTrigger, Shutdown),
 }
 
 impl RunningProxy {
@@ -73,71 +101,100 @@ impl RunningProxy {
             Some(files) => Some(tls::client_facing_config(&files.cert, &files.key)?),
             None => None,
         };
-        let cancels = Arc::new(CancelRegistry::default());
         let (trigger, shutdown) = shutdown::channel();
-        let sessions = TaskTracker::new();
         let client_slots = Arc::new(Semaphore::new(config.max_client_connections));
-        let clients = Arc::new(ClientRegistry::default());
-        // Sessions of the admin console need the whole picture, which exists only after the loop.
-        let view_cell: Arc<OnceLock<Arc<ProxyView>>> = Arc::default();
-        let mut target_views = Vec::new();
-        let mut targets = Vec::new();
-        let mut listeners = Vec::new();
-        for (index, resolved_target) in resolved.targets.into_iter().enumerate() {
-            let target = resolved_target.target;
-            let upstream = upstream(&config, &target, resolved_target.credentials, resolved_target.resolver)?;
-            let pools = Pools::new(upstream, warm_pool_key(&target));
-            let ctx = Arc::new(TargetContext {
-                target: target.clone(),
-                pools: pools.clone(),
-                cancels: cancels.clone(),
-                client_tls: client_tls.clone(),
-                lazy_attach: config.lazy_attach,
-                startup_timeout: config.startup_timeout,
-                shutdown: shutdown.clone(),
-                sessions: sessions.clone(),
-                client_slots: client_slots.clone(),
-                clients: clients.clone(),
-                view: view_cell.clone(),
-            });
-            let address = SocketAddr::new(config.address, config.listen_port(index));
-            let tcp = Listener::tcp(address)
-                .await
-                .map_err(|source| StartError::Bind { address: address.to_string(), source })?;
-            let tcp_address = tcp.local_addr().expect("a TCP listener has an address");
-            let mut unix_socket = None;
-            if let Some(dir) = &config.unix_socket_dir {
-                let unix = Listener::unix(dir, tcp_address.port())
-                    .await
-                    .map_err(|source| StartError::Bind { address: dir.display().to_string(), source })?;
-                if let Listener::Unix(_, path) = &unix {
-                    unix_socket = Some(path.clone());
-                }
-                listeners.push((unix, ctx.clone()));
-            }
-            listeners.push((tcp, ctx));
-            info!(target = %resolved_target.origin, upstream = %target, listen = %tcp_address, "target ready");
-            target_views.push(TargetView {
-                label: pools.upstream().label.clone(),
-                origin: resolved_target.origin.clone(),
-                listen: tcp_address.to_string(),
-                pools: pools.clone(),
-            });
-            targets.push(RunningTarget { tcp_address, unix_socket, pools });
+        let shared = Shared {
+            cancels: Arc::default(),
+            trigger,
+            shutdown,
+            sessions: TaskTracker::new(),
+            client_tls,
+            view: Arc::new(ProxyView::new(client_slots, Arc::new(ClientRegistry::default()))),
+        };
+        let mut prepared = Vec::new();
+        for (index, (spec, target)) in config.targets.iter().zip(resolved.targets).enumerate() {
+            prepared.push(shared.prepare(&config, spec.clone(), config.listen_port(index), target).await?);
+        }
+        let targets = prepared.into_iter().map(|target| shared.launch(target)).collect();
+        let background_tasks = resolved.caches.iter().map(|cache| cache.spawn_refresher()).collect();
+        let proxy = RunningProxy { shared, targets, config, background_tasks };
+        proxy.shared.view.update(proxy.target_views(), resolved.caches, proxy.config.describe());
+        Ok(proxy)
+    }
+
+    /// Applies a changed configuration: new targets start listening, removed ones stop
+    /// accepting (their sessions carry on until they end), and changed pool settings apply to
+    /// new connections. Settings that need a restart are reported, not applied. On an error
+    /// nothing changes.
+    pub async fn reload(&mut self, config: Config) -> Result<Vec<String>, StartError> {
+        let mut notes = restart_only_changes(&self.config, &config);
+        // A target is the same one if it names the same upstream on the same port; its pool
+        // settings may differ (they are applied in place).
+        let wanted: Vec<((TargetSpec, u16), TargetSpec)> = config
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| ((identity(spec), config.listen_port(i)), spec.clone()))
+            .collect();
+        let new_spec = |target: &RunningTarget| {
+            let key = (identity(&target.spec), target.listen_port);
+            wanted.iter().find(|(k, _)| *k == key).map(|(_, spec)| spec.clone())
+        };
+        let is_kept = |target: &RunningTarget| new_spec(target).is_some();
+        let added: Vec<(TargetSpec, u16)> = wanted
+            .iter()
+            .filter(|(key, _)| !self.targets.iter().any(|t| (identity(&t.spec), t.listen_port) == *key))
+            .map(|((_, port), spec)| (spec.clone(), *port))
+            .collect();
+
+        // Everything that can fail happens before anything changes.
+        let mut only_added = config.clone();
+        only_added.targets = added.iter().map(|(spec, _)| spec.clone()).collect();
+        let resolved = resolve_targets(&only_added).await.map_err(Box::new)?;
+        let mut prepared = Vec::new();
+        for ((spec, port), target) in added.into_iter().zip(resolved.targets) {
+            prepared.push(self.shared.prepare(&config, spec, port, target).await?);
         }
 
-        let view = Arc::new(ProxyView {
-            targets: target_views,
-            caches: resolved.caches.clone(),
-            client_slots,
-            clients,
-            settings: config.describe(),
-        });
-        let _ = view_cell.set(view.clone());
-        let mut background_tasks: Vec<_> = targets.iter().map(|t| t.pools.spawn_maintenance()).collect();
-        background_tasks.extend(resolved.caches.iter().map(|cache| cache.spawn_refresher()));
-        let listener_tasks = listeners.into_iter().map(|(listener, ctx)| tokio::spawn(listener.run(ctx))).collect();
-        Ok(RunningProxy { targets, trigger, sessions, listener_tasks, background_tasks, view })
+        for target in self.targets.iter().filter(|t| !is_kept(t)) {
+            notes.push(format!(
+                "removed {} (port {}): no new clients; open sessions carry on",
+                target.origin, target.tcp_address
+            ));
+            target.stop.begin(Instant::now());
+            target.maintenance.abort();
+        }
+        self.targets.retain(is_kept);
+        for target in &mut self.targets {
+            target.spec = new_spec(target).expect("kept targets are wanted");
+            let settings = pool_overrides(&target.spec).apply(&config.pool);
+            if settings != target.pools.upstream().settings() {
+                notes.push(format!("{}: new pool settings apply to new connections", target.origin));
+                target.pools.upstream().set_settings(settings);
+            }
+        }
+        for target in prepared {
+            notes.push(format!("added {} on {}", target.origin, target.tcp_address));
+            self.targets.push(self.shared.launch(target));
+        }
+        self.background_tasks.extend(resolved.caches.iter().map(|cache| cache.spawn_refresher()));
+        let mut caches = self.shared.view.caches();
+        caches.extend(resolved.caches);
+        self.config = config;
+        self.shared.view.update(self.target_views(), caches, self.config.describe());
+        Ok(notes)
+    }
+
+    fn target_views(&self) -> Vec<TargetView> {
+        self.targets
+            .iter()
+            .map(|t| TargetView {
+                label: t.pools.upstream().label.clone(),
+                origin: t.origin.clone(),
+                listen: t.tcp_address.to_string(),
+                pools: t.pools.clone(),
+            })
+            .collect()
     }
 
     /// The TCP address target number `index` listens on.
@@ -157,7 +214,7 @@ impl RunningProxy {
 
     /// What the probes, metrics and admin console look at.
     pub fn view(&self) -> Arc<ProxyView> {
-        self.view.clone()
+        self.shared.view.clone()
     }
 
     /// Stops at once: no more clients, and sessions end at their next idle point.
@@ -170,14 +227,18 @@ impl RunningProxy {
     /// them, and stops the background work.
     pub async fn shutdown(self, grace: Duration) {
         let deadline = Instant::now() + grace;
-        self.trigger.begin(deadline);
-        for task in self.listener_tasks {
-            let _ = task.await;
+        self.shared.trigger.begin(deadline);
+        for target in self.targets {
+            for task in target.listener_tasks {
+                let _ = task.await;
+            }
+            target.maintenance.abort();
         }
-        self.sessions.close();
+        let sessions = &self.shared.sessions;
+        sessions.close();
         // Sessions stop at the deadline; the margin covers writing their last words.
-        if tokio::time::timeout_at(deadline + SHUTDOWN_MARGIN, self.sessions.wait()).await.is_err() {
-            warn!(remaining = self.sessions.len(), "sessions still open at the shutdown deadline");
+        if tokio::time::timeout_at(deadline + SHUTDOWN_MARGIN, sessions.wait()).await.is_err() {
+            warn!(remaining = sessions.len(), "sessions still open at the shutdown deadline");
         }
         for task in self.background_tasks {
             task.abort();
@@ -185,8 +246,114 @@ impl RunningProxy {
     }
 }
 
+impl Shared {
+    /// Builds a target's upstream and pools and binds its listeners.
+    async fn prepare(
+        &self,
+        config: &Config,
+        spec: TargetSpec,
+        port: u16,
+        resolved: ResolvedTarget,
+    ) -> Result<PreparedTarget, StartError> {
+        let target = resolved.target;
+        let upstream = upstream(config, &target, resolved.credentials, resolved.resolver)?;
+        let pools = Pools::new(upstream, warm_pool_key(&target));
+        let ctx = Arc::new(TargetContext {
+            target: target.clone(),
+            pools: pools.clone(),
+            cancels: self.cancels.clone(),
+            client_tls: self.client_tls.clone(),
+            lazy_attach: config.lazy_attach,
+            startup_timeout: config.startup_timeout,
+            shutdown: self.shutdown.clone(),
+            sessions: self.sessions.clone(),
+            client_slots: self.view.client_slots.clone(),
+            clients: self.view.clients.clone(),
+            view: self.view.clone(),
+        });
+        let address = SocketAddr::new(config.address, port);
+        let tcp =
+            Listener::tcp(address).await.map_err(|source| StartError::Bind { address: address.to_string(), source })?;
+        let tcp_address = tcp.local_addr().expect("a TCP listener has an address");
+        let mut listeners = vec![(tcp, ctx.clone())];
+        let mut unix_socket = None;
+        if let Some(dir) = &config.unix_socket_dir {
+            let unix = Listener::unix(dir, tcp_address.port())
+                .await
+                .map_err(|source| StartError::Bind { address: dir.display().to_string(), source })?;
+            if let Listener::Unix(_, path) = &unix {
+                unix_socket = Some(path.clone());
+            }
+            listeners.push((unix, ctx));
+        }
+        info!(target = %resolved.origin, upstream = %target, listen = %tcp_address, "target ready");
+        Ok(PreparedTarget {
+            spec,
+            listen_port: port,
+            tcp_address,
+            unix_socket,
+            pools,
+            origin: resolved.origin,
+            listeners,
+            stop: shutdown::channel(),
+        })
+    }
+
+    /// Starts a prepared target's listeners and pool maintenance.
+    fn launch(&self, prepared: PreparedTarget) -> RunningTarget {
+        let (stop, stopped) = prepared.stop;
+        let listener_tasks = prepared
+            .listeners
+            .into_iter()
+            .map(|(listener, ctx)| tokio::spawn(listener.run(ctx, stopped.clone())))
+            .collect();
+        RunningTarget {
+            spec: prepared.spec,
+            listen_port: prepared.listen_port,
+            tcp_address: prepared.tcp_address,
+            unix_socket: prepared.unix_socket,
+            maintenance: prepared.pools.spawn_maintenance(),
+            pools: prepared.pools,
+            origin: prepared.origin,
+            stop,
+            listener_tasks,
+        }
+    }
+}
+
 /// Time after the drain deadline for sessions to send their 57P01 and close.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
+
+/// Settings that only take effect at start, by their `describe` name.
+const RELOADABLE: &[&str] = &["min_idle", "max_pool_size", "idle_timeout", "max_lifetime", "checkout_timeout"];
+
+/// Notes for changed settings that a reload cannot apply.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let old_rows = old.describe();
+    new.describe()
+        .into_iter()
+        .filter(|(key, _)| !key.starts_with("target.") && !RELOADABLE.contains(&key.as_str()))
+        .filter(|row| !old_rows.contains(row))
+        .map(|(key, value)| format!("{key} = {value} takes effect only after a restart"))
+        .collect()
+}
+
+/// A target without its pool settings.
+fn identity(spec: &TargetSpec) -> TargetSpec {
+    let mut spec = spec.clone();
+    match &mut spec {
+        TargetSpec::Postgres(target) => target.pool = PoolOverrides::default(),
+        TargetSpec::Lakebase(target) => target.pool = PoolOverrides::default(),
+    }
+    spec
+}
+
+fn pool_overrides(spec: &TargetSpec) -> &PoolOverrides {
+    match spec {
+        TargetSpec::Postgres(target) => &target.pool,
+        TargetSpec::Lakebase(target) => &target.pool,
+    }
+}
 
 /// How to reach `target`: its TLS trust (`sslrootcert=`, else `--ca-file`, else the system
 /// store), endpoint, password source and pool limits.

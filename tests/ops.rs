@@ -225,3 +225,117 @@ fn the_admin_console_answers_every_show_through_psql() {
     let (ok, out, _) = console("SHOW VERSION; SHOW VERSION", false);
     assert!(ok && out.matches("lakebase-proxy").count() == 2, "{out}");
 }
+
+#[test]
+fn sighup_adds_and_removes_targets_under_load_without_failures() {
+    let pg = PgServer::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    let url = |user: &str| {
+        format!("postgresql://{user}@localhost:{}/{APP_DB}?sslrootcert={}", pg.port(), pg.ca_path().display())
+    };
+    let first = format!("[[target]]\nname = \"{}\"\n", url(SCRAM_USER));
+    std::fs::write(&file, format!("max_pool_size = 6\n{first}")).unwrap();
+    let proxy = ProxyProcess::spawn(
+        &[format!("--config={}", file.display()), format!("--password-file={}", pg.password_file().display())],
+        &[],
+    );
+    let first_port = proxy.port;
+    let hangup = || {
+        Command::new("kill").args(["-HUP", &proxy.pid().to_string()]).status().unwrap();
+    };
+    let bench_target = format!("host=127.0.0.1 port={first_port} dbname={APP_DB}");
+    let init = Command::new("pgbench").args(["-i", "-s", "1", "-q", &bench_target]).output().unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let load = std::thread::spawn(move || {
+        Command::new("pgbench").args(["-c", "4", "-j", "2", "-T", "8", "-n", &bench_target]).output().unwrap()
+    });
+
+    // Add a second target.
+    let second_port = free_port();
+    std::fs::write(
+        &file,
+        format!(
+            "max_pool_size = 6\n{first}\n[[target]]\nname = \"{}\"\nport = {second_port}\n",
+            url(support::MD5_USER)
+        ),
+    )
+    .unwrap();
+    hangup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", second_port)).is_err() {
+        assert!(Instant::now() < deadline, "the added target never listened: {}", proxy.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(psql(second_port, "SELECT current_user"), support::MD5_USER);
+
+    // A broken file is rejected and changes nothing.
+    std::fs::write(&file, "max_pool_size = \"many\"\n").unwrap();
+    hangup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.log_text().contains("reload rejected") {
+        assert!(Instant::now() < deadline, "no rejection logged: {}", proxy.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(proxy.log_text().contains("max_pool_size"), "the rejection names the key: {}", proxy.log_text());
+    assert_eq!(psql(second_port, "SELECT 2"), "2");
+
+    // Remove the first target: it stops accepting, while its running sessions carry on.
+    std::fs::write(
+        &file,
+        format!("max_pool_size = 6\n[[target]]\nname = \"{}\"\nport = {second_port}\n", url(support::MD5_USER)),
+    )
+    .unwrap();
+    hangup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", first_port)).is_ok() {
+        assert!(Instant::now() < deadline, "the removed target still accepts: {}", proxy.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = load.join().unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{report} {}", String::from_utf8_lossy(&output.stderr));
+    assert!(report.contains("number of failed transactions: 0"), "{report}");
+    assert_eq!(psql(second_port, "SELECT 3"), "3");
+}
+
+#[test]
+fn check_config_prints_effective_settings_or_the_broken_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    std::fs::write(
+        &file,
+        "idle_timeout = \"90s\"\nlazy_attach = true\n\n[[target]]\nname = \"projects/app\"\nport = 7000\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_lakebase-proxy"))
+            .arg("check-config")
+            .arg(format!("--config={}", file.display()))
+            .args(extra)
+            .env_remove("LAKEBASE_PROXY_IDLE_TIMEOUT")
+            .env("LAKEBASE_PROXY_MAX_POOL_SIZE", "9")
+            .output()
+            .unwrap()
+    };
+    let output = run(&["--lazy-attach"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+    for expected in [
+        "idle_timeout = 1m 30s",
+        "lazy_attach = true",
+        "max_pool_size = 9",
+        "target.0 = projects/app (listens on port 7000)",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    // The command line wins over the file.
+    let text = String::from_utf8_lossy(&run(&["--idle-timeout=5m"]).stdout).into_owned();
+    assert!(text.contains("idle_timeout = 5m"), "{text}");
+    // A broken file: the line and the key.
+    std::fs::write(&file, "port = 6000\n\nmax_lifetime = \"a while\"\n").unwrap();
+    let output = run(&[]);
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("proxy.toml:3 (max_lifetime)"), "{error}");
+}

@@ -138,7 +138,7 @@ fn show(what: &str, view: &ProxyView) -> Option<Table> {
         "VERSION" => (vec!["version"], vec![vec![text(VERSION.into())]]),
         "TARGETS" => (
             vec!["listen", "upstream", "origin", "idle", "open", "max_pool_size"],
-            view.targets
+            view.targets()
                 .iter()
                 .map(|t| {
                     let (idle, open) =
@@ -156,7 +156,7 @@ fn show(what: &str, view: &ProxyView) -> Option<Table> {
         ),
         "POOLS" => (
             vec!["target", "database", "user", "options", "idle", "active", "max"],
-            view.targets
+            view.targets()
                 .iter()
                 .flat_map(|t| {
                     t.pools.all().into_iter().map(move |pool| {
@@ -197,7 +197,7 @@ fn show(what: &str, view: &ProxyView) -> Option<Table> {
         ),
         "SERVERS" => {
             let mut rows = Vec::new();
-            for t in &view.targets {
+            for t in &view.targets() {
                 for pool in t.pools.all() {
                     for (pid, age, idle_for) in pool.idle_connections() {
                         let key = pool.key();
@@ -230,7 +230,7 @@ fn show(what: &str, view: &ProxyView) -> Option<Table> {
         }
         "CREDENTIALS" => (
             vec!["source", "fetched_at", "age_s", "expires_at", "expires_in_s", "fetches", "last_error"],
-            view.caches
+            view.caches()
                 .iter()
                 .map(|cache| {
                     let status = cache.status();
@@ -259,9 +259,10 @@ fn show(what: &str, view: &ProxyView) -> Option<Table> {
                 .map(|(series, value)| vec![text(series.to_owned()), text(value.to_owned())])
                 .collect(),
         ),
-        "CONFIG" => {
-            (vec!["key", "value"], view.settings.iter().map(|(k, v)| vec![text(k.clone()), text(v.clone())]).collect())
-        }
+        "CONFIG" => (
+            vec!["key", "value"],
+            view.settings().iter().map(|(k, v)| vec![text(k.clone()), text(v.clone())]).collect(),
+        ),
         _ => return None,
     })
 }

@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use crate::error::sqlstate;
 use crate::ops::metrics;
 use crate::protocol::messages::{ErrorFields, Severity};
+use crate::shutdown::Shutdown;
 
 use super::session::{TargetContext, serve};
 use super::stream::ClientStream;
@@ -107,14 +108,17 @@ impl Listener {
         }
     }
 
-    /// Accepts clients and serves each in its own task until the proxy shuts down. Beyond
+    /// Accepts clients and serves each in its own task until the proxy shuts down or `removed`
+    /// fires. Beyond
     /// the client limit, a new client gets SQLSTATE 53300 and is closed.
-    pub async fn run(self, ctx: Arc<TargetContext>) {
+    pub async fn run(self, ctx: Arc<TargetContext>, mut removed: Shutdown) {
         info!(listen = %self.describe(), target = %ctx.target, "accepting clients");
         let mut shutdown = ctx.shutdown.clone();
         loop {
             tokio::select! {
                 _ = shutdown.requested() => break,
+                // A reload removed this target.
+                _ = removed.requested() => break,
                 accepted = self.accept() => match accepted {
                     Ok((stream, peer)) => match ctx.client_slots.clone().try_acquire_owned() {
                         Ok(slot) => {

@@ -3,8 +3,8 @@
 //! `--lazy-attach`) -> greeting -> relay -> release.
 
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
@@ -52,8 +52,8 @@ pub struct TargetContext {
     pub client_slots: Arc<Semaphore>,
     /// Connected clients, for the admin console.
     pub clients: Arc<ClientRegistry>,
-    /// The whole proxy, for the admin console (set once everything is started).
-    pub view: Arc<OnceLock<Arc<ProxyView>>>,
+    /// The whole proxy, for the admin console.
+    pub view: Arc<ProxyView>,
 }
 
 /// A session that ended in failure; the client is told via [`UserFacing`].
@@ -200,8 +200,7 @@ async fn run(
     }
     if startup.params.get("database") == Some(admin::ADMIN_DATABASE) {
         entry.update(|info| info.state = "console");
-        let view = ctx.view.get().cloned().ok_or(SessionError::ShuttingDown)?;
-        return admin::serve_console(client, &startup, &view).await;
+        return admin::serve_console(client, &startup, &ctx.view).await;
     }
     let request = SessionRequest::new(startup, &ctx.target)?;
     let span = tracing::Span::current();

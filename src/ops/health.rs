@@ -51,7 +51,7 @@ impl Health {
         if observed.client_slots.available_permits() == 0 {
             return Err("--max-client-connections reached".into());
         }
-        for cache in &observed.caches {
+        for cache in &observed.caches() {
             if !cache.has_usable_credential() {
                 let error = cache.status().last_error.unwrap_or_else(|| "not fetched yet".into());
                 return Err(format!("no usable credential from {}: {error}", cache.describe()));

@@ -108,7 +108,7 @@ pub fn session_traffic(target: &str, to_upstream: u64, to_client: u64, round_tri
 /// Renders everything, after refreshing the gauges that are read rather than recorded:
 /// connections per pool state and credential ages.
 pub fn render(view: &ProxyView) -> String {
-    for target in &view.targets {
+    for target in &view.targets() {
         let (target, pools) = (&target.label, &target.pools);
         let (mut idle, mut open) = (0, 0);
         for pool in pools.all() {
@@ -121,7 +121,7 @@ pub fn render(view: &ProxyView) -> String {
             .set(open.saturating_sub(idle) as f64);
     }
     let now = SystemTime::now();
-    for cache in &view.caches {
+    for cache in &view.caches() {
         let status = cache.status();
         let source = cache.describe();
         let seconds = |d: Result<Duration, _>| d.map(|d: Duration| d.as_secs_f64());

@@ -1,7 +1,7 @@
 //! A read-only view of a running proxy, for the probes, the metrics and the admin console.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use tokio::sync::Semaphore;
@@ -9,21 +9,54 @@ use tokio::sync::Semaphore;
 use crate::credentials::CredentialCache;
 use crate::pool::Pools;
 
-/// What the ops surfaces look at.
+/// What the ops surfaces look at. Targets, caches and settings change on a reload.
 pub struct ProxyView {
-    /// Every target, in command-line order.
-    pub targets: Vec<TargetView>,
-    /// Every credential cache (database passwords and the workspace token).
-    pub caches: Vec<Arc<CredentialCache>>,
+    targets: RwLock<Vec<TargetView>>,
+    caches: RwLock<Vec<Arc<CredentialCache>>>,
+    settings: RwLock<Vec<(String, String)>>,
     /// The client-connection limit.
     pub client_slots: Arc<Semaphore>,
     /// Connected clients.
     pub clients: Arc<ClientRegistry>,
+}
+
+impl ProxyView {
+    /// A view with no targets yet.
+    pub fn new(client_slots: Arc<Semaphore>, clients: Arc<ClientRegistry>) -> ProxyView {
+        ProxyView {
+            targets: RwLock::default(),
+            caches: RwLock::default(),
+            settings: RwLock::default(),
+            client_slots,
+            clients,
+        }
+    }
+
+    /// Every target, in configuration order.
+    pub fn targets(&self) -> Vec<TargetView> {
+        self.targets.read().unwrap().clone()
+    }
+
+    /// Every credential cache (database passwords and workspace tokens).
+    pub fn caches(&self) -> Vec<Arc<CredentialCache>> {
+        self.caches.read().unwrap().clone()
+    }
+
     /// Effective settings, secrets masked.
-    pub settings: Vec<(String, String)>,
+    pub fn settings(&self) -> Vec<(String, String)> {
+        self.settings.read().unwrap().clone()
+    }
+
+    /// Replaces what the view shows (at start and after a reload).
+    pub fn update(&self, targets: Vec<TargetView>, caches: Vec<Arc<CredentialCache>>, settings: Vec<(String, String)>) {
+        *self.targets.write().unwrap() = targets;
+        *self.caches.write().unwrap() = caches;
+        *self.settings.write().unwrap() = settings;
+    }
 }
 
 /// One target as the ops surfaces show it.
+#[derive(Clone)]
 pub struct TargetView {
     /// How logs and metrics name it.
     pub label: String,

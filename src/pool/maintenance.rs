@@ -16,7 +16,7 @@ impl Pools {
     /// deadline and keeps the warm pool at `min_idle`. Runs until aborted.
     pub fn spawn_maintenance(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let pools = Arc::clone(self);
-        let settings = &pools.upstream.settings;
+        let settings = pools.upstream.settings();
         let tick = (settings.idle_timeout.min(settings.max_lifetime) / 4).clamp(MIN_TICK, MAX_TICK);
         tokio::spawn(async move {
             loop {
@@ -25,7 +25,7 @@ impl Pools {
                     pool.prune(keep);
                 }
                 if let Some(key) = &pools.warm {
-                    pools.get(key).fill(pools.upstream.settings.min_idle).await;
+                    pools.get(key).fill(pools.upstream.settings().min_idle).await;
                 }
                 tokio::time::sleep(tick).await;
             }

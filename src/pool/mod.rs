@@ -9,7 +9,7 @@ mod checkout;
 mod maintenance;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -20,7 +20,7 @@ use crate::credentials::{BoxFuture, CredentialCache};
 use crate::upstream::{Endpoint, ServerConnection};
 
 /// Pool limits and lifetimes, shared by all pools of a target.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolSettings {
     /// Connections opened ahead of demand for the target's default database and role.
     pub min_idle: usize,
@@ -123,8 +123,8 @@ pub struct Upstream {
     pub endpoint: Endpoint,
     /// The password source, if the upstream wants one.
     pub credentials: Option<Arc<CredentialCache>>,
-    /// Limits for every pool of this target.
-    pub settings: PoolSettings,
+    /// Limits for every pool of this target; a reload may change them for new connections.
+    settings: RwLock<PoolSettings>,
     /// Looks the host up again after connection failures (Lakebase names).
     resolver: Option<HostResolver>,
     last_resolution: Mutex<Option<Instant>>,
@@ -151,11 +151,21 @@ impl Upstream {
             label,
             endpoint,
             credentials,
-            settings,
+            settings: RwLock::new(settings),
             resolver,
             last_resolution: Mutex::new(None),
             capacity: OnceLock::new(),
         }
+    }
+
+    /// The current pool settings.
+    pub fn settings(&self) -> PoolSettings {
+        *self.settings.read().unwrap()
+    }
+
+    /// Applies new settings (a reload); existing connections keep the deadlines they have.
+    pub fn set_settings(&self, settings: PoolSettings) {
+        *self.settings.write().unwrap() = settings;
     }
 
     /// Most connections one pool may open: `--max-pool-size`, but at most 90% of what the
@@ -163,8 +173,8 @@ impl Upstream {
     /// for other clients and the pool's other keys.
     pub fn max_pool_size(&self) -> usize {
         match self.capacity.get() {
-            Some(&capacity) => self.settings.max_size.min((capacity * 9 / 10).max(1)),
-            None => self.settings.max_size,
+            Some(&capacity) => self.settings().max_size.min((capacity * 9 / 10).max(1)),
+            None => self.settings().max_size,
         }
     }
 
@@ -178,7 +188,7 @@ impl Upstream {
         if let Ok(Ok(Some(value))) = connection.simple_query(sql).await
             && let Ok(capacity) = value.trim().parse::<usize>()
             && self.capacity.set(capacity).is_ok()
-            && self.max_pool_size() < self.settings.max_size
+            && self.max_pool_size() < self.settings().max_size
         {
             tracing::warn!(
                 capacity,
@@ -250,8 +260,8 @@ impl Pool {
         (state.idle.len(), state.open)
     }
 
-    fn settings(&self) -> &PoolSettings {
-        &self.upstream.settings
+    fn settings(&self) -> PoolSettings {
+        self.upstream.settings()
     }
 
     /// Gives back a slot whose connection was closed or never opened.
