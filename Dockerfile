@@ -6,6 +6,8 @@ RUN cargo build --release --locked --bin lakebase-proxy
 
 # Runtime stage: the binary, CA certificates for verifying upstreams, and a non-root user.
 FROM debian:bookworm-slim
+# ca-certificates follows Debian's security updates; pinning it would freeze stale roots.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \

@@ -33,6 +33,13 @@ pub enum Subcommand {
     CheckConfig(Box<ProxyArgs>),
     /// Block until a lakebase-proxy's /startup probe answers 200 (for ordering containers at start).
     Wait(WaitArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Manpage,
 }
 
 /// Options of `wait`.
@@ -303,7 +310,7 @@ pub fn parse(argv: &[OsString]) -> Result<Cli, LoadError> {
     let (args, insert_at) = match &cli.command {
         None => (&cli.proxy, 1),
         Some(Subcommand::CheckConfig(args)) => (&**args, 2),
-        Some(Subcommand::Wait(_)) => return Ok(cli),
+        Some(_) => return Ok(cli),
     };
     let Some(path) = &args.config else { return Ok(cli) };
     let file = crate::config_file::load(path, &|name| std::env::var_os(name).is_some())?;

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::ffi::OsString;
 use std::time::Duration;
 
-use lakebase_proxy::cli::{self, LoadError, LogFormat, ProxyArgs, Subcommand, WaitArgs};
+use clap::CommandFactory;
+use lakebase_proxy::cli::{self, Cli, LoadError, LogFormat, ProxyArgs, Subcommand, WaitArgs};
 use lakebase_proxy::config::Config;
 use lakebase_proxy::ops::health::Health;
 use lakebase_proxy::ops::http;
@@ -34,6 +35,19 @@ fn main() -> ExitCode {
     let proxy_args = match cli.command {
         Some(Subcommand::Wait(args)) => return runtime.block_on(wait(args)),
         Some(Subcommand::CheckConfig(args)) => return check_config(*args),
+        Some(Subcommand::Completions { shell }) => {
+            clap_complete::generate(shell, &mut Cli::command(), "lakebase-proxy", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Subcommand::Manpage) => {
+            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("lakebase-proxy: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         None => cli.proxy,
     };
     init_logging(proxy_args.log_format, &proxy_args.log_level);
