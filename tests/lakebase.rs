@@ -213,3 +213,20 @@ fn credentials_are_refreshed_ahead_of_expiry_without_disturbing_sessions() {
         client.query_one("SELECT 1", &[]).await.unwrap();
     });
 }
+
+#[test]
+fn a_trace_level_log_of_whole_sessions_holds_no_secret() {
+    let world = World::new();
+    let mut env = world.env(&[("DATABRICKS_CLIENT_ID", SP_ID), ("DATABRICKS_CLIENT_SECRET", SP_SECRET)]);
+    env.push(("DATABRICKS_HOST", world.fake.api_url()));
+    let proxy = world.proxy(&world.via_gateway(ENDPOINT), &["--log-level=trace", "--log-format=json"], &env);
+    assert_eq!(psql(proxy.port, "SELECT current_user"), SP_ID);
+    assert_eq!(psql(proxy.port, "SELECT 1"), "1");
+    let (_, log) = proxy.terminate();
+    let secrets = world.fake.issued_secrets();
+    assert!(secrets.len() >= 2, "a database token and an OAuth token were issued");
+    assert!(log.lines().count() > 50, "trace logging was on");
+    for secret in secrets.iter().map(String::as_str).chain([SP_SECRET]) {
+        assert!(!log.contains(secret), "a secret leaked into the trace log");
+    }
+}

@@ -269,6 +269,13 @@ impl FakeLakebase {
         self.st().max_age = age;
     }
 
+    /// Every database token and OAuth access token issued so far, so tests can check that
+    /// none of them leaked anywhere.
+    pub fn issued_secrets(&self) -> Vec<String> {
+        let st = self.st();
+        st.db_tokens.keys().chain(st.oauth_tokens.keys()).cloned().collect()
+    }
+
     /// A snapshot of the counters.
     pub fn counters(&self) -> Counters {
         let st = self.st();
