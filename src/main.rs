@@ -36,12 +36,18 @@ fn main() -> ExitCode {
         Some(Subcommand::Wait(args)) => return runtime.block_on(wait(args)),
         Some(Subcommand::CheckConfig(args)) => return check_config(*args),
         Some(Subcommand::Completions { shell }) => {
-            clap_complete::generate(shell, &mut Cli::command(), "lakebase-proxy", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "lakebase-proxy", &mut script);
+            print_out(&String::from_utf8_lossy(&script));
             return ExitCode::SUCCESS;
         }
         Some(Subcommand::Manpage) => {
-            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
+            let mut page = Vec::new();
+            return match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => {
+                    print_out(&String::from_utf8_lossy(&page));
+                    ExitCode::SUCCESS
+                }
                 Err(error) => {
                     eprintln!("lakebase-proxy: {error}");
                     ExitCode::FAILURE
@@ -63,11 +69,11 @@ fn main() -> ExitCode {
         if run_connection_test {
             return match lakebase_proxy::check::connection_test(&config).await {
                 Ok(report) => {
-                    print!("{report}");
+                    print_out(&report);
                     ExitCode::SUCCESS
                 }
                 Err(report) => {
-                    print!("{report}");
+                    print_out(&report);
                     ExitCode::FAILURE
                 }
             };
@@ -80,9 +86,8 @@ fn main() -> ExitCode {
 fn check_config(args: ProxyArgs) -> ExitCode {
     match args.into_config() {
         Ok(config) => {
-            for (key, value) in config.describe() {
-                println!("{key} = {value}");
-            }
+            let text: String = config.describe().iter().map(|(key, value)| format!("{key} = {value}\n")).collect();
+            print_out(&text);
             ExitCode::SUCCESS
         }
         Err(error) => {
@@ -90,6 +95,12 @@ fn check_config(args: ProxyArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error worth a panic.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 /// `wait`: polls the /startup probe until it answers 200.
