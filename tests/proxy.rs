@@ -526,3 +526,46 @@ async fn pools_are_capped_below_the_servers_max_connections() {
     assert_eq!(proxy.pools(0).upstream().max_pool_size(), slots * 9 / 10);
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_clients_are_told_the_servers_own_parameter_values() {
+    let proxy = proxy_for(SCRAM_USER, |c| c.lazy_attach = true).await;
+    connect(&proxy).await.batch_execute("SELECT 1").await.unwrap();
+    // A raw client asking for 'utf-8' and a DateStyle written its own way.
+    let mut stream = tokio::net::TcpStream::connect(proxy.tcp_address(0)).await.unwrap();
+    let mut body = (3u32 << 16).to_be_bytes().to_vec();
+    for (k, v) in [("user", "x"), ("client_encoding", "'utf-8'"), ("DateStyle", "iso, dmy")] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend(body);
+    stream.write_all(&packet).await.unwrap();
+    let mut reported = std::collections::HashMap::new();
+    let mut read_until_ready =
+        async |stream: &mut tokio::net::TcpStream, reported: &mut std::collections::HashMap<String, String>| loop {
+            let tag = stream.read_u8().await.unwrap();
+            let len = stream.read_u32().await.unwrap() as usize;
+            let mut body = vec![0; len - 4];
+            stream.read_exact(&mut body).await.unwrap();
+            if tag == b'S' {
+                let mut fields = body.split(|&b| b == 0).map(|f| String::from_utf8_lossy(f).into_owned());
+                let (name, value) = (fields.next().unwrap(), fields.next().unwrap());
+                reported.insert(name, value);
+            }
+            if tag == b'Z' {
+                return;
+            }
+        };
+    read_until_ready(&mut stream, &mut reported).await;
+    assert_eq!(reported["client_encoding"], "UTF8", "canonical at the greeting");
+    // The first query attaches an upstream; the server's own spelling follows.
+    stream.write_all(b"Q\0\0\0\x0dSELECT 1\0").await.unwrap();
+    read_until_ready(&mut stream, &mut reported).await;
+    assert_eq!(reported["DateStyle"], "ISO, DMY");
+    assert_eq!(reported["client_encoding"], "UTF8");
+    proxy.stop().await;
+}

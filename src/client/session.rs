@@ -253,13 +253,17 @@ async fn lazy_session(
     entry: &ClientEntry,
 ) -> Result<SessionEnd, SessionError> {
     let key = CancelKey { pid: rand::rng().random_range(1..i32::MAX), secret: rand::rng().random() };
-    let overlaid = greeting_params.iter().map(|(name, value)| {
-        let asked = request.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v);
-        (name.as_str(), asked.unwrap_or(value.as_str()))
-    });
+    // The values the client asked for, as the server will report them once they are SET.
+    let greeted: Vec<(String, String)> = greeting_params
+        .iter()
+        .map(|(name, value)| {
+            let asked = request.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v);
+            (name.clone(), asked.map(|v| canonical_setting(name, v)).unwrap_or_else(|| value.clone()))
+        })
+        .collect();
     let mut greeting = BytesMut::new();
     request.write_authentication(&mut greeting);
-    write_ready(&mut greeting, overlaid, key);
+    write_ready(&mut greeting, greeted.iter().map(|(n, v)| (n.as_str(), v.as_str())), key);
     write_flush(client, &greeting).await?;
     entry.update(|info| info.state = "idle");
     let mut shutdown = ctx.shutdown.clone();
@@ -271,7 +275,19 @@ async fn lazy_session(
     if first.first().is_none_or(|&tag| tag == b'X') {
         return Ok(SessionEnd::ClientDone);
     }
-    let lease = checkout_with_notice(client, pool, request, entry).await?;
+    let mut lease = checkout_with_notice(client, pool, request, entry).await?;
+    // Where the server's own values differ from what the greeting guessed (DateStyle written
+    // another way, a setting reported differently), tell the client now, as a server would
+    // after a SET.
+    let mut corrections = BytesMut::new();
+    for (name, value) in lease.connection().server_params() {
+        if greeted.iter().any(|(n, v)| n == name && v != value) {
+            messages::parameter_status(&mut corrections, name, value);
+        }
+    }
+    if !corrections.is_empty() {
+        write_flush(client, &corrections).await?;
+    }
     attach(client, lease, key, &first, ctx, entry).await
 }
 
@@ -316,6 +332,21 @@ async fn attach(
         RelayEnd::ClientProtocolViolation(error) => Err(SessionError::ClientProtocol(error)),
         RelayEnd::UpstreamProtocolViolation(error) => Err(SessionError::UpstreamProtocol(error)),
     }
+}
+
+/// A client's startup value for `name` as the server would report it, where that is known to
+/// differ: `client_encoding` names are canonicalised (`'utf-8'` is reported as `UTF8`).
+fn canonical_setting(name: &str, value: &str) -> String {
+    if name.eq_ignore_ascii_case("client_encoding") {
+        let value = value.trim().trim_matches('\'');
+        let compact: String = value.chars().filter(|c| *c != '-' && *c != '_').collect::<String>().to_ascii_uppercase();
+        return match compact.as_str() {
+            "UTF8" | "UNICODE" => "UTF8".to_owned(),
+            "SQLASCII" => "SQL_ASCII".to_owned(),
+            _ => value.to_ascii_uppercase(),
+        };
+    }
+    value.to_owned()
 }
 
 /// Writes what completes a login after AuthenticationOk: parameters, cancel key, ReadyForQuery.
@@ -429,6 +460,15 @@ mod tests {
         assert_eq!(r.key.options.as_deref(), Some("-c x=1"));
         let r = request(&[("user", "bob")], "postgresql://h");
         assert_eq!((r.key.user.as_str(), r.key.database.as_str()), ("bob", "bob"));
+    }
+
+    #[test]
+    fn client_encodings_are_reported_canonically() {
+        assert_eq!(canonical_setting("client_encoding", "'utf-8'"), "UTF8");
+        assert_eq!(canonical_setting("client_encoding", "unicode"), "UTF8");
+        assert_eq!(canonical_setting("client_encoding", "sql_ascii"), "SQL_ASCII");
+        assert_eq!(canonical_setting("client_encoding", "latin1"), "LATIN1");
+        assert_eq!(canonical_setting("application_name", "My App"), "My App");
     }
 
     #[test]
