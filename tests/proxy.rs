@@ -545,7 +545,7 @@ async fn lazy_clients_are_told_the_servers_own_parameter_values() {
     packet.extend(body);
     stream.write_all(&packet).await.unwrap();
     let mut reported = std::collections::HashMap::new();
-    let mut read_until_ready =
+    let read_until_ready =
         async |stream: &mut tokio::net::TcpStream, reported: &mut std::collections::HashMap<String, String>| loop {
             let tag = stream.read_u8().await.unwrap();
             let len = stream.read_u32().await.unwrap() as usize;
