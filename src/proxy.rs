@@ -65,14 +65,19 @@ struct Shared {
     view: Arc<ProxyView>,
 }
 
-/// One served target.
-struct RunningTarget {
+/// What a target is, once its listeners are bound.
+struct TargetInfo {
     spec: TargetSpec,
     listen_port: u16,
     tcp_address: SocketAddr,
     unix_socket: Option<PathBuf>,
     pools: Arc<Pools>,
     origin: String,
+}
+
+/// One served target.
+struct RunningTarget {
+    info: TargetInfo,
     /// Stops this target's listeners alone (a reload that removes it).
     stop: ShutdownTrigger,
     listener_tasks: Vec<JoinHandle<()>>,
@@ -81,12 +86,7 @@ struct RunningTarget {
 
 /// A target whose listeners are bound but not yet accepting.
 struct PreparedTarget {
-    spec: TargetSpec,
-    listen_port: u16,
-    tcp_address: SocketAddr,
-    unix_socket: Option<PathBuf>,
-    pools: Arc<Pools>,
-    origin: String,
+    info: TargetInfo,
     listeners: Vec<(Listener, Arc<TargetContext>)>,
     stop: (ShutdownTrigger, Shutdown),
 }
@@ -137,13 +137,13 @@ impl RunningProxy {
             .map(|(i, spec)| ((identity(spec), config.listen_port(i)), spec.clone()))
             .collect();
         let new_spec = |target: &RunningTarget| {
-            let key = (identity(&target.spec), target.listen_port);
+            let key = (identity(&target.info.spec), target.info.listen_port);
             wanted.iter().find(|(k, _)| *k == key).map(|(_, spec)| spec.clone())
         };
         let is_kept = |target: &RunningTarget| new_spec(target).is_some();
         let added: Vec<(TargetSpec, u16)> = wanted
             .iter()
-            .filter(|(key, _)| !self.targets.iter().any(|t| (identity(&t.spec), t.listen_port) == *key))
+            .filter(|(key, _)| !self.targets.iter().any(|t| (identity(&t.info.spec), t.info.listen_port) == *key))
             .map(|((_, port), spec)| (spec.clone(), *port))
             .collect();
 
@@ -159,22 +159,22 @@ impl RunningProxy {
         for target in self.targets.iter().filter(|t| !is_kept(t)) {
             notes.push(format!(
                 "removed {} (port {}): no new clients; open sessions carry on",
-                target.origin, target.tcp_address
+                target.info.origin, target.info.tcp_address
             ));
             target.stop.begin(Instant::now());
             target.maintenance.abort();
         }
         self.targets.retain(is_kept);
         for target in &mut self.targets {
-            target.spec = new_spec(target).expect("kept targets are wanted");
-            let settings = pool_overrides(&target.spec).apply(&config.pool);
-            if settings != target.pools.upstream().settings() {
-                notes.push(format!("{}: new pool settings apply to new connections", target.origin));
-                target.pools.upstream().set_settings(settings);
+            target.info.spec = new_spec(target).expect("kept targets are wanted");
+            let settings = pool_overrides(&target.info.spec).apply(&config.pool);
+            if settings != target.info.pools.upstream().settings() {
+                notes.push(format!("{}: new pool settings apply to new connections", target.info.origin));
+                target.info.pools.upstream().set_settings(settings);
             }
         }
         for target in prepared {
-            notes.push(format!("added {} on {}", target.origin, target.tcp_address));
+            notes.push(format!("added {} on {}", target.info.origin, target.info.tcp_address));
             self.targets.push(self.shared.launch(target));
         }
         self.background_tasks.extend(resolved.caches.iter().map(|cache| cache.spawn_refresher()));
@@ -189,27 +189,27 @@ impl RunningProxy {
         self.targets
             .iter()
             .map(|t| TargetView {
-                label: t.pools.upstream().label.clone(),
-                origin: t.origin.clone(),
-                listen: t.tcp_address.to_string(),
-                pools: t.pools.clone(),
+                label: t.info.pools.upstream().label.clone(),
+                origin: t.info.origin.clone(),
+                listen: t.info.tcp_address.to_string(),
+                pools: t.info.pools.clone(),
             })
             .collect()
     }
 
     /// The TCP address target number `index` listens on.
     pub fn tcp_address(&self, index: usize) -> SocketAddr {
-        self.targets[index].tcp_address
+        self.targets[index].info.tcp_address
     }
 
     /// The unix socket of target number `index`, if one was asked for.
     pub fn unix_socket(&self, index: usize) -> Option<&PathBuf> {
-        self.targets[index].unix_socket.as_ref()
+        self.targets[index].info.unix_socket.as_ref()
     }
 
     /// The pools of target number `index`.
     pub fn pools(&self, index: usize) -> &Arc<Pools> {
-        &self.targets[index].pools
+        &self.targets[index].info.pools
     }
 
     /// What the probes, metrics and admin console look at.
@@ -287,16 +287,8 @@ impl Shared {
             listeners.push((unix, ctx));
         }
         info!(target = %resolved.origin, upstream = %target, listen = %tcp_address, "target ready");
-        Ok(PreparedTarget {
-            spec,
-            listen_port: port,
-            tcp_address,
-            unix_socket,
-            pools,
-            origin: resolved.origin,
-            listeners,
-            stop: shutdown::channel(),
-        })
+        let info = TargetInfo { spec, listen_port: port, tcp_address, unix_socket, pools, origin: resolved.origin };
+        Ok(PreparedTarget { info, listeners, stop: shutdown::channel() })
     }
 
     /// Starts a prepared target's listeners and pool maintenance.
@@ -308,13 +300,8 @@ impl Shared {
             .map(|(listener, ctx)| tokio::spawn(listener.run(ctx, stopped.clone())))
             .collect();
         RunningTarget {
-            spec: prepared.spec,
-            listen_port: prepared.listen_port,
-            tcp_address: prepared.tcp_address,
-            unix_socket: prepared.unix_socket,
-            maintenance: prepared.pools.spawn_maintenance(),
-            pools: prepared.pools,
-            origin: prepared.origin,
+            maintenance: prepared.info.pools.spawn_maintenance(),
+            info: prepared.info,
             stop,
             listener_tasks,
         }

@@ -114,8 +114,12 @@ async fn an_unreachable_upstream_is_reported() {
         format!("postgresql://{SCRAM_USER}@localhost:{closed_port}/{APP_DB}?sslrootcert={}", pg.ca_path().display());
     let mut config = Config::new(vec![target.parse().unwrap()]);
     config.port = 0;
+    // Refused connections are retried (a waking compute refuses them) until this limit.
+    config.connect_timeout = Duration::from_secs(2);
     let proxy = RunningProxy::start(config).await.unwrap();
+    let started = Instant::now();
     let error = connect_error(&proxy).await;
+    assert!(started.elapsed() >= Duration::from_millis(1500), "retried until the connect timeout");
     assert_eq!(sqlstate(&error), "08001");
     assert!(error.as_db_error().unwrap().message().contains("cannot reach upstream"), "{error}");
     proxy.stop().await;
@@ -404,6 +408,30 @@ async fn warm_connections_are_opened_at_start() {
     proxy.stop().await;
 }
 
+/// A length-prefixed StartupMessage for a hand-written client.
+fn startup(version: u32, pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for (k, v) in pairs {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
+}
+
+/// Reads one tagged message.
+async fn read_tag(stream: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    let tag = stream.read_u8().await.unwrap();
+    let len = stream.read_u32().await.unwrap() as usize;
+    let mut body = vec![0; len - 4];
+    stream.read_exact(&mut body).await.unwrap();
+    (tag, body)
+}
+
 /// Raw protocol: what a hand-written client sees.
 mod raw {
     use super::*;
@@ -411,28 +439,6 @@ mod raw {
 
     async fn open(proxy: &RunningProxy) -> TcpStream {
         TcpStream::connect(proxy.tcp_address(0)).await.unwrap()
-    }
-
-    fn startup(version: u32, pairs: &[(&str, &str)]) -> Vec<u8> {
-        let mut body = version.to_be_bytes().to_vec();
-        for (k, v) in pairs {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        packet.extend(body);
-        packet
-    }
-
-    async fn read_tag(stream: &mut TcpStream) -> (u8, Vec<u8>) {
-        let tag = stream.read_u8().await.unwrap();
-        let len = stream.read_u32().await.unwrap() as usize;
-        let mut body = vec![0; len - 4];
-        stream.read_exact(&mut body).await.unwrap();
-        (tag, body)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -533,33 +539,21 @@ async fn lazy_clients_are_told_the_servers_own_parameter_values() {
     connect(&proxy).await.batch_execute("SELECT 1").await.unwrap();
     // A raw client asking for 'utf-8' and a DateStyle written its own way.
     let mut stream = tokio::net::TcpStream::connect(proxy.tcp_address(0)).await.unwrap();
-    let mut body = (3u32 << 16).to_be_bytes().to_vec();
-    for (k, v) in [("user", "x"), ("client_encoding", "'utf-8'"), ("DateStyle", "iso, dmy")] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend(body);
-    stream.write_all(&packet).await.unwrap();
+    let pairs = [("user", "x"), ("client_encoding", "'utf-8'"), ("DateStyle", "iso, dmy")];
+    stream.write_all(&startup(3 << 16, &pairs)).await.unwrap();
     let mut reported = std::collections::HashMap::new();
-    let read_until_ready =
-        async |stream: &mut tokio::net::TcpStream, reported: &mut std::collections::HashMap<String, String>| loop {
-            let tag = stream.read_u8().await.unwrap();
-            let len = stream.read_u32().await.unwrap() as usize;
-            let mut body = vec![0; len - 4];
-            stream.read_exact(&mut body).await.unwrap();
-            if tag == b'S' {
-                let mut fields = body.split(|&b| b == 0).map(|f| String::from_utf8_lossy(f).into_owned());
-                let (name, value) = (fields.next().unwrap(), fields.next().unwrap());
-                reported.insert(name, value);
-            }
-            if tag == b'Z' {
-                return;
-            }
-        };
+    let read_until_ready = async |stream: &mut tokio::net::TcpStream,
+                                  reported: &mut std::collections::HashMap<String, String>| loop {
+        let (tag, body) = read_tag(stream).await;
+        if tag == b'S' {
+            let mut fields = body.split(|&b| b == 0).map(|f| String::from_utf8_lossy(f).into_owned());
+            let (name, value) = (fields.next().unwrap(), fields.next().unwrap());
+            reported.insert(name, value);
+        }
+        if tag == b'Z' {
+            return;
+        }
+    };
     read_until_ready(&mut stream, &mut reported).await;
     assert_eq!(reported["client_encoding"], "UTF8", "canonical at the greeting");
     // The first query attaches an upstream; the server's own spelling follows.
