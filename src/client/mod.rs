@@ -4,6 +4,7 @@
 mod admin;
 mod handshake;
 mod listener;
+mod request;
 mod session;
 mod stream;
 

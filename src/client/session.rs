@@ -13,15 +13,16 @@ use tokio::io::AsyncWriteExt;
 use tracing::{Instrument, debug, info, info_span};
 
 use super::admin;
-use super::handshake::{Handshake, SessionStartup, negotiate};
+use super::handshake::{Handshake, negotiate};
+use super::request::{SessionRequest, canonical_setting, write_ready};
 use super::{ClientStream, HandshakeError, Peer};
 use crate::cancel::{CancelRegistry, CancelRoute};
 use crate::error::{UserFacing, sqlstate};
 use crate::ops::metrics;
 use crate::ops::view::{ClientEntry, ClientInfo, ClientRegistry, ProxyView};
-use crate::pool::{CheckoutError, Lease, Pool, PoolKey, Pools};
+use crate::pool::{CheckoutError, Lease, Pool, Pools};
+use crate::protocol::CancelKey;
 use crate::protocol::messages::{self, ErrorFields, Severity};
-use crate::protocol::{CancelKey, StartupParams};
 use crate::relay::{Relay, RelayEnd};
 use crate::shutdown::Shutdown;
 use crate::target::Target;
@@ -334,30 +335,6 @@ async fn attach(
     }
 }
 
-/// A client's startup value for `name` as the server would report it, where that is known to
-/// differ: `client_encoding` names are canonicalised (`'utf-8'` is reported as `UTF8`).
-fn canonical_setting(name: &str, value: &str) -> String {
-    if name.eq_ignore_ascii_case("client_encoding") {
-        let value = value.trim().trim_matches('\'');
-        let compact: String = value.chars().filter(|c| *c != '-' && *c != '_').collect::<String>().to_ascii_uppercase();
-        return match compact.as_str() {
-            "UTF8" | "UNICODE" => "UTF8".to_owned(),
-            "SQLASCII" => "SQL_ASCII".to_owned(),
-            _ => value.to_ascii_uppercase(),
-        };
-    }
-    value.to_owned()
-}
-
-/// Writes what completes a login after AuthenticationOk: parameters, cancel key, ReadyForQuery.
-fn write_ready<'a>(buf: &mut BytesMut, params: impl Iterator<Item = (&'a str, &'a str)>, key: CancelKey) {
-    for (name, value) in params {
-        messages::parameter_status(buf, name, value);
-    }
-    messages::backend_key_data(buf, key);
-    messages::ready_for_query(buf, b'I');
-}
-
 async fn write_flush(client: &mut ClientStream, bytes: &[u8]) -> Result<(), SessionError> {
     client.write_all(bytes).await.map_err(SessionError::ClientIo)?;
     client.flush().await.map_err(SessionError::ClientIo)
@@ -390,97 +367,4 @@ async fn checkout_with_notice(
     .write_notice(&mut notice);
     write_flush(client, &notice).await?;
     Ok(checkout.await?)
-}
-
-/// A client's startup message turned into what the pool needs.
-struct SessionRequest {
-    key: PoolKey,
-    /// Startup parameters to reproduce upstream (besides user and database).
-    params: StartupParams,
-    startup: SessionStartup,
-}
-
-impl SessionRequest {
-    /// Maps the client's startup onto the target. The upstream role is the target's user when
-    /// it names one, else the client's. The database is the client's, except that a client
-    /// naming none, or libpq's default (the user name), gets the target's database.
-    fn new(mut startup: SessionStartup, target: &Target) -> Result<SessionRequest, SessionError> {
-        if startup.params.get("replication").is_some_and(|v| v != "false" && v != "off" && v != "0") {
-            return Err(SessionError::Replication);
-        }
-        let mut params = startup.params.clone();
-        let client_user = params.remove("user").unwrap_or_default();
-        let client_database = params.remove("database").filter(|db| !db.is_empty());
-        params.remove("replication");
-        let database = match (client_database, &target.database) {
-            (Some(db), Some(default)) if db == client_user => default.clone(),
-            (Some(db), _) => db,
-            (None, Some(default)) => default.clone(),
-            (None, None) => target.user.clone().unwrap_or_else(|| client_user.clone()),
-        };
-        let user = target.user.clone().unwrap_or(client_user);
-        let options = params.get("options").map(str::to_owned);
-        startup.params = StartupParams::default();
-        Ok(SessionRequest { key: PoolKey { database, user, options }, params, startup })
-    }
-
-    /// Writes the protocol negotiation, if needed, and AuthenticationOk.
-    fn write_authentication(&self, buf: &mut BytesMut) {
-        if self.startup.needs_negotiation() {
-            messages::negotiate_protocol_version(buf, 0, &self.startup.protocol_options);
-        }
-        messages::authentication_ok(buf);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(params: &[(&str, &str)], target: &str) -> SessionRequest {
-        let startup = SessionStartup { minor: 0, params: params.iter().copied().collect(), protocol_options: vec![] };
-        SessionRequest::new(startup, &target.parse().unwrap()).unwrap()
-    }
-
-    #[test]
-    fn libpq_defaults_land_in_the_target_database() {
-        let r = request(
-            &[("user", "root"), ("database", "root"), ("application_name", "psql")],
-            "postgresql://app@h/sales",
-        );
-        assert_eq!(r.key, PoolKey { database: "sales".into(), user: "app".into(), options: None });
-        assert_eq!(r.params.get("application_name"), Some("psql"));
-        assert_eq!(r.params.get("user"), None);
-    }
-
-    #[test]
-    fn an_explicit_database_wins() {
-        let r = request(&[("user", "root"), ("database", "other"), ("options", "-c x=1")], "postgresql://app@h/sales");
-        assert_eq!(r.key.database, "other");
-        assert_eq!(r.key.options.as_deref(), Some("-c x=1"));
-        let r = request(&[("user", "bob")], "postgresql://h");
-        assert_eq!((r.key.user.as_str(), r.key.database.as_str()), ("bob", "bob"));
-    }
-
-    #[test]
-    fn client_encodings_are_reported_canonically() {
-        assert_eq!(canonical_setting("client_encoding", "'utf-8'"), "UTF8");
-        assert_eq!(canonical_setting("client_encoding", "unicode"), "UTF8");
-        assert_eq!(canonical_setting("client_encoding", "sql_ascii"), "SQL_ASCII");
-        assert_eq!(canonical_setting("client_encoding", "latin1"), "LATIN1");
-        assert_eq!(canonical_setting("application_name", "My App"), "My App");
-    }
-
-    #[test]
-    fn replication_is_refused() {
-        let startup = SessionStartup {
-            minor: 0,
-            params: [("user", "a"), ("replication", "database")].into_iter().collect(),
-            protocol_options: vec![],
-        };
-        assert!(matches!(
-            SessionRequest::new(startup, &"postgresql://h".parse().unwrap()),
-            Err(SessionError::Replication)
-        ));
-    }
 }
