@@ -339,3 +339,20 @@ fn check_config_prints_effective_settings_or_the_broken_line() {
     let error = String::from_utf8_lossy(&output.stderr);
     assert!(error.contains("proxy.toml:3 (max_lifetime)"), "{error}");
 }
+
+#[test]
+fn wait_blocks_until_startup_and_gives_up_after_its_timeout() {
+    let (_proxy, http_port) = proxy_with_http(&[]);
+    let wait = |port: u16, timeout: &str| {
+        Command::new(env!("CARGO_BIN_EXE_lakebase-proxy"))
+            .args(["wait", &format!("--http-port={port}"), &format!("--timeout={timeout}")])
+            .output()
+            .unwrap()
+    };
+    assert!(wait(http_port, "10s").status.success());
+    let started = Instant::now();
+    let output = wait(free_port(), "1s");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("did not answer 200"));
+}

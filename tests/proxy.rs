@@ -164,13 +164,13 @@ async fn cancel_stops_a_running_query_quickly() {
         let _first = connect(&proxy).await;
         let client = connect(&proxy).await;
         let token = client.cancel_token();
-        let started = Instant::now();
         let query = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
         tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
         token.cancel_query(NoTls).await.unwrap();
         let error = query.await.unwrap().expect_err("the query is cancelled");
         assert_eq!(sqlstate(&error), "57014", "lazy={lazy}: {error}");
-        assert!(started.elapsed() < Duration::from_secs(2), "lazy={lazy}: took {:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(1), "lazy={lazy}: took {:?}", started.elapsed());
         proxy.stop().await;
     }
 }
