@@ -1,40 +1,78 @@
 #!/usr/bin/env bash
-# Macro benchmark: pgbench straight at a TLS PostgreSQL vs. through lakebase-proxy.
+# Macro benchmark: pgbench straight at a TLS PostgreSQL, through PgBouncer (session and
+# transaction mode) and through lakebase-proxy, in one interleaved run; then the memory each
+# pooler spends per idle client.
 #
-# Everything runs on this machine over loopback: a throwaway PostgreSQL with a test CA, the
-# proxy built from this tree, and pgbench. Runs alternate direct/proxy so slow drift of the
-# machine (thermal, page cache, autovacuum) hits both sides alike.
+# Everything runs on this machine over loopback: a throwaway PostgreSQL 15+ with a test CA
+# (TLS + SCRAM-SHA-256), Debian's PgBouncer (installed when missing and running as root), the
+# proxy built from this tree, and pgbench. For every scenario the four targets run back to
+# back (direct, PgBouncer session, PgBouncer transaction, proxy), so slow drift of the machine
+# (thermal, page cache, autovacuum) hits all of them alike.
 #
-#   bash benches/pgbench.sh                 # build, then ~80 s of runs
+#   bash benches/pgbench.sh                         # build, then ~5 min of runs + idle test
 #   SKIP_BUILD=1 DURATION=5 bash benches/pgbench.sh
+#   PGBOUNCER=0 IDLE=0 bash benches/pgbench.sh      # the original direct-vs-proxy comparison
+#
+# PgBouncer is set up as the proxy is: `auth_type = trust` for its clients (it listens on
+# 127.0.0.1 only), the bench role's password in its auth_file (plain text, so it logs in
+# upstream with SCRAM-SHA-256 as the proxy does), upstream TLS with `server_tls_sslmode =
+# verify-full` against the test CA and host `localhost`, the same pool size and warm
+# connections (`default_pool_size`, `min_pool_size`), `max_client_conn = 20000`.
+#
+# Per run the table gives TPS, mean and p99 latency (from pgbench's per-transaction log, `-l`;
+# connection time is not included, see "conn ms" for that), and for PgBouncer and the proxy the
+# CPU time of the pooler's process (utime+stime from /proc/PID/stat) per transaction.
+#
+# The idle test starts a fresh `lakebase-proxy --lazy-attach --max-client-connections 20000`
+# and a fresh PgBouncer (session mode), opens IDLE_COUNTS clients on each with
+# benches/idle_clients.py (logins completed, then idle) and reports VmRSS growth per client.
 #
 # Environment:
-#   DURATION    seconds per pgbench run (default 10)
-#   SCALE       pgbench scale factor (default 10, ~150 MB)
-#   SKIP_BUILD  1 = use the existing target/release/lakebase-proxy
-#   PROXY_BIN   proxy binary to measure (default target/release/lakebase-proxy)
-#   LOG_DIR     if set, the proxy/postgres logs and raw pgbench output are copied there
+#   DURATION     seconds per pgbench run (default 10)
+#   SCALE        pgbench scale factor (default 10, ~150 MB)
+#   POOL_SIZE    upstream pool size for the proxy and PgBouncer (default 64)
+#   MIN_IDLE     warm upstream connections for both (default 8)
+#   PGBOUNCER    0 = leave PgBouncer out (default 1)
+#   IDLE         0 = skip the idle-client test (default 1)
+#   IDLE_COUNTS  cumulative idle client counts (default "1000 10000")
+#   ONLY         run only these scenarios, e.g. ONLY="select-c8 select-C-c8" (names below)
+#   WAIT_QUIET   before each run, wait up to this many seconds for the machine to be idle
+#                (default 0: don't wait); the "others%" column shows what interfered anyway
+#   SKIP_BUILD   1 = use the existing target/release/lakebase-proxy
+#   PROXY_BIN    proxy binary to measure (default target/release/lakebase-proxy)
+#   LOG_DIR      if set, the logs (proxy, PgBouncer, postgres, raw pgbench output) are copied there
 #
-# Exit status: 0 when every run succeeded, 1 when any failed (the table still prints).
+# Exit status: 0 when every run succeeded, 1 when any failed (the table still prints). Missing
+# a performance target (printed at the end) does not fail the script.
 
 set -euo pipefail
 
 DURATION="${DURATION:-10}"
 SCALE="${SCALE:-10}"
+POOL_SIZE="${POOL_SIZE:-64}"
+MIN_IDLE="${MIN_IDLE:-8}"
+PGBOUNCER="${PGBOUNCER:-1}"
+IDLE="${IDLE:-1}"
+IDLE_COUNTS="${IDLE_COUNTS:-1000 10000}"
+ONLY="${ONLY:-}"
+WAIT_QUIET="${WAIT_QUIET:-0}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
 LOG_DIR="${LOG_DIR:-}"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 PROXY_BIN="${PROXY_BIN:-$TARGET_DIR/release/lakebase-proxy}"
+IDLE_HELPER="$ROOT/benches/idle_clients.py"
 
 # The caller's libpq settings (PGHOST, PGSSLMODE, PGPASSWORD, a ~/.pgpass...) would silently
-# change what is measured, so none of them reach the clients below.
-while read -r name; do unset "$name"; done < <(compgen -e | grep '^PG' || true)
+# change what is measured, so none of them reach the clients below (PGBOUNCER is this
+# script's own switch, not libpq's).
+while read -r name; do unset "$name"; done < <(compgen -e | grep '^PG' | grep -vx PGBOUNCER || true)
 # (A nonexistent PGPASSFILE is ignored quietly; /dev/null would draw a warning per connection.)
 export PGPASSFILE=/nonexistent/lakebase-bench-pgpass PGCONNECT_TIMEOUT=10
 
 log() { printf '\n== %s\n' "$*" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # --- PostgreSQL binaries ------------------------------------------------------------------
@@ -50,28 +88,45 @@ PSQL="$PG_BIN/psql"; [[ -x "$PSQL" ]] || PSQL="$(command -v psql)" || die "psql 
 PG_ISREADY="$PG_BIN/pg_isready"; [[ -x "$PG_ISREADY" ]] || PG_ISREADY="$(command -v pg_isready)"
 command -v openssl >/dev/null || die "openssl not found"
 
-# PostgreSQL refuses to run as root; as root the server side runs as `postgres`.
+# PostgreSQL and PgBouncer refuse to run as root; as root the server side runs as `postgres`.
+# PgBouncer is started as `"${AS_PG_EXEC[@]}" pgbouncer ... &`: a simple command, not a shell
+# function (that would run in a subshell whose PID `$!` gives), and setpriv (unlike runuser)
+# execs in place, so `$!` is PgBouncer's own PID, the one measured and stopped.
 if [[ "$(id -u)" == 0 ]]; then
     id postgres >/dev/null 2>&1 || die "running as root but there is no 'postgres' user to run the server"
     as_pg() { runuser -u postgres -- "$@"; }
+    AS_PG_EXEC=(setpriv --reuid=postgres --regid=postgres --init-groups --)
 else
     as_pg() { "$@"; }
+    AS_PG_EXEC=(env)
 fi
+
+# Thousands of idle clients need as many descriptors in the client, the proxy and PgBouncer.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE="$(ulimit -n)"
 
 # --- Cleanup: only what this script started, by PID --------------------------------------
 TMP=""
-PROXY_PID=""
 PG_STARTED=0
+declare -A PID=()   # target -> PID of its pooler process (proxy, pgb-session, ...)
+declare -A OK=()    # target -> 1 while it is up and usable
+HELPER_PID=""
+
+# stop_pid PID: SIGTERM, a moment to drain, then SIGKILL; a wedged process must not outlive us.
+stop_pid() {
+    local pid="$1"
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
+    kill "$pid" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
 cleanup() {
     local status=$?
     set +e
-    if [[ -n "$PROXY_PID" ]] && kill -0 "$PROXY_PID" 2>/dev/null; then
-        kill "$PROXY_PID" 2>/dev/null
-        # Give it a moment to drain, then insist: a wedged proxy must not outlive the run.
-        for _ in $(seq 50); do kill -0 "$PROXY_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$PROXY_PID" 2>/dev/null
-        wait "$PROXY_PID" 2>/dev/null
-    fi
+    stop_pid "$HELPER_PID"
+    for target in "${!PID[@]}"; do stop_pid "${PID[$target]}"; done
     if [[ "$PG_STARTED" == 1 ]]; then
         as_pg "$PG_BIN/pg_ctl" -D "$TMP/data" -m fast -w stop >/dev/null 2>&1
     fi
@@ -90,17 +145,22 @@ trap 'exit 143' TERM
 # A port nobody uses. It is drawn from below the kernel's ephemeral range: a port in that
 # range can be the local end of some client connection (pgbench's own, say), which a connect
 # probe does not see but which makes bind fail with "Address already in use".
+USED_PORTS=" "
 free_port() {
     local low high port
     read -r low high < /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || { low=32768; high=60999; }
     for _ in $(seq 100); do
         if ((low > 11000)); then port=$((10000 + RANDOM % (low - 10000))); else port=$((high + 1 + RANDOM % (65535 - high))); fi
+        [[ "$USED_PORTS" == *" $port "* ]] && continue
         if command -v ss >/dev/null; then
             # Any socket, listening or connected, on that local port rules it out.
-            [[ -z "$(ss -Htan "( sport = :$port )" 2>/dev/null)" ]] && { echo "$port"; return 0; }
-        elif ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"; return 0
+            [[ -n "$(ss -Htan "( sport = :$port )" 2>/dev/null)" ]] && continue
+        elif (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            continue
         fi
+        USED_PORTS+="$port "
+        echo "$port"
+        return 0
     done
     return 1
 }
@@ -114,6 +174,31 @@ fi
 
 TMP="$(mktemp -d -t lakebase-pgbench.XXXXXX)"
 mkdir -p "$TMP/runs" "$TMP/sock"
+
+# --- PgBouncer --------------------------------------------------------------------------------
+PGB_BIN=""
+PGB_VERSION=""
+PGB_PREPARED=0   # max_prepared_statements (transaction mode + -M prepared) needs >= 1.21
+if [[ "$PGBOUNCER" == 1 ]]; then
+    PGB_BIN="$(command -v pgbouncer || true)"
+    [[ -z "$PGB_BIN" && -x /usr/sbin/pgbouncer ]] && PGB_BIN=/usr/sbin/pgbouncer
+    if [[ -z "$PGB_BIN" && "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        log "installing PgBouncer (apt-get install -y pgbouncer)"
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y pgbouncer >"$TMP/apt.log" 2>&1; then
+            DEBIAN_FRONTEND=noninteractive apt-get update >>"$TMP/apt.log" 2>&1 || true
+            DEBIAN_FRONTEND=noninteractive apt-get install -y pgbouncer >>"$TMP/apt.log" 2>&1 || tail -5 "$TMP/apt.log" >&2
+        fi
+        PGB_BIN="$(command -v pgbouncer || true)"
+        [[ -z "$PGB_BIN" && -x /usr/sbin/pgbouncer ]] && PGB_BIN=/usr/sbin/pgbouncer
+    fi
+    if [[ -n "$PGB_BIN" ]]; then
+        PGB_VERSION="$("$PGB_BIN" --version | awk 'NR == 1 {print $2}')"
+        if [[ "$(printf '%s\n' 1.21.0 "$PGB_VERSION" | sort -V | head -1)" == 1.21.0 ]]; then PGB_PREPARED=1; fi
+    else
+        warn "PgBouncer is not installed (apt-get install pgbouncer); its runs are skipped"
+        PGBOUNCER=0
+    fi
+fi
 
 # --- Test PKI -----------------------------------------------------------------------------
 # A real CA plus a leaf: rustls (the proxy) rejects a self-signed end-entity certificate, and
@@ -144,6 +229,10 @@ PG_PORT="$(free_port)" || die "no free port for PostgreSQL"
 # The server user must own its data directory and key; root can still read everything.
 if [[ "$(id -u)" == 0 ]]; then chown -R postgres: "$TMP"; fi
 
+# max_connections: the proxy's and both PgBouncers' pools (up to POOL_SIZE each) stay open
+# between runs while the 64-client direct run opens its own 64 backends.
+MAX_CONNECTIONS=$((4 * POOL_SIZE + 50))
+((MAX_CONNECTIONS >= 200)) || MAX_CONNECTIONS=200
 log "starting PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
 as_pg "$PG_BIN/initdb" -D "$TMP/data" -U postgres -E UTF8 --locale=C --auth=trust >"$TMP/initdb.log" 2>&1 \
     || { tail -20 "$TMP/initdb.log" >&2; die "initdb failed"; }
@@ -151,7 +240,7 @@ cat >> "$TMP/data/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '$TMP/sock'
-max_connections = 200
+max_connections = $MAX_CONNECTIONS
 ssl = on
 ssl_cert_file = '$TMP/server.crt'
 ssl_key_file = '$TMP/server.key'
@@ -162,8 +251,8 @@ synchronous_commit = off
 full_page_writes = off
 shared_buffers = 256MB
 EOF
-# TCP clients (direct pgbench and the proxy) must come over TLS with SCRAM, like Lakebase;
-# only the setup below uses the unix socket.
+# TCP clients (direct pgbench, PgBouncer and the proxy) must come over TLS with SCRAM, like
+# Lakebase; only the setup below uses the unix socket.
 cat > "$TMP/data/pg_hba.conf" <<'EOF'
 local    all  all                 trust
 hostssl  all  all  127.0.0.1/32   scram-sha-256
@@ -183,62 +272,129 @@ log "pgbench -i -s $SCALE"
 # The proxy reads the first line; keep it private like a real credential.
 (umask 077; printf '%s\n' "$PASSWORD" > "$TMP/password")
 if [[ "$(id -u)" == 0 ]]; then chown root: "$TMP/password"; fi
+# PgBouncer's auth_file, with the plain password so that it can answer SCRAM upstream for a
+# client it trusted (a SCRAM secret only works when the client itself logged in with SCRAM).
+(umask 077; printf '"bench" "%s"\n' "$PASSWORD" > "$TMP/userlist.txt")
+if [[ "$(id -u)" == 0 ]]; then chown postgres: "$TMP/userlist.txt"; fi
 
-DIRECT="host=localhost hostaddr=127.0.0.1 port=$PG_PORT dbname=bench user=bench sslmode=verify-full sslrootcert=$CA"
+declare -A CONN=() LOGF=() LABEL=()
+CONN[direct]="host=localhost hostaddr=127.0.0.1 port=$PG_PORT dbname=bench user=bench sslmode=verify-full sslrootcert=$CA"
+LABEL[direct]="direct TLS"
 # Sanity check the direct path first: if this fails, nothing below means anything.
-PGPASSWORD="$PASSWORD" "$PSQL" "$DIRECT" -qAtc 'select 1' >/dev/null || die "direct TLS login as bench failed"
+PGPASSWORD="$PASSWORD" "$PSQL" "${CONN[direct]}" -qAtc 'select 1' >/dev/null || die "direct TLS login as bench failed"
+OK[direct]=1
 
-# --- The proxy ------------------------------------------------------------------------------
-PROXY_PORT="$(free_port)" || die "no free port for the proxy"
-while [[ "$PROXY_PORT" == "$PG_PORT" ]]; do PROXY_PORT="$(free_port)"; done
-PROXIED="host=127.0.0.1 port=$PROXY_PORT dbname=bench user=bench"
-PROXY_LOG="$TMP/proxy.log"
-PROXY_OK=0
-
-proxy_log_tail() {
-    printf -- '--- last lines of the proxy log (%s) ---\n' "$PROXY_LOG" >&2
-    tail -n "${1:-25}" "$PROXY_LOG" >&2 || true
+# --- Poolers ----------------------------------------------------------------------------------
+log_tail() {
+    printf -- '--- last lines of %s ---\n' "$1" >&2
+    tail -n "${2:-25}" "$1" >&2 || true
     printf -- '---\n' >&2
 }
 
-log "starting lakebase-proxy on 127.0.0.1:$PROXY_PORT (pool 64, 8 warm)"
-# NO_COLOR keeps the log tail printed on failure readable.
-NO_COLOR=1 "$PROXY_BIN" "postgresql://bench@localhost:$PG_PORT/bench?sslrootcert=$CA" \
-    --address 127.0.0.1 --port "$PROXY_PORT" --password-file "$TMP/password" \
-    --max-pool-size 64 --min-idle 8 >"$PROXY_LOG" 2>&1 &
-PROXY_PID=$!
-
-# Wait for it to answer, but stop early if it died; never wait forever.
-for _ in $(seq 150); do
-    if ! kill -0 "$PROXY_PID" 2>/dev/null; then break; fi
-    if "$PG_ISREADY" -q -h 127.0.0.1 -p "$PROXY_PORT" -U bench -d bench -t 2; then PROXY_OK=1; break; fi
-    sleep 0.1
-done
-if [[ "$PROXY_OK" == 1 ]]; then
-    # Accepting TCP is not enough: a real query proves login upstream and the relay work.
-    if ! smoke="$(timeout 30 "$PSQL" "$PROXIED" -qAtc 'select 1' 2>"$TMP/smoke.err")" || [[ "$smoke" != 1 ]]; then
-        smoke="$smoke$(cat "$TMP/smoke.err")"
-        PROXY_OK=0
-        printf 'error: `select 1` through the proxy failed: %s\n' "$smoke" >&2
-        proxy_log_tail
+# wait_ready TARGET PORT: waits for the pooler to answer and a query to pass; sets OK[TARGET].
+wait_ready() {
+    local target="$1" port="$2" pid="${PID[$1]}" smoke code
+    OK[$target]=0
+    for _ in $(seq 150); do
+        if ! kill -0 "$pid" 2>/dev/null; then break; fi
+        if "$PG_ISREADY" -q -h 127.0.0.1 -p "$port" -U bench -d bench -t 2; then OK[$target]=1; break; fi
+        sleep 0.1
+    done
+    if [[ "${OK[$target]}" == 1 ]]; then
+        # Accepting TCP is not enough: a real query proves login upstream and the relay work.
+        if ! smoke="$(timeout 30 "$PSQL" "${CONN[$target]}" -qAtc 'select 1' 2>"$TMP/smoke.err")" || [[ "$smoke" != 1 ]]; then
+            printf 'error: `select 1` through %s failed: %s\n' "$target" "$smoke$(cat "$TMP/smoke.err")" >&2
+            OK[$target]=0
+            log_tail "${LOGF[$target]}"
+        fi
+    elif ! kill -0 "$pid" 2>/dev/null; then
+        wait "$pid" && code=0 || code=$?
+        unset "PID[$target]"
+        printf 'error: %s exited (status %s) before accepting connections\n' "$target" "$code" >&2
+        log_tail "${LOGF[$target]}"
+    else
+        printf 'error: %s did not accept connections within 15 s\n' "$target" >&2
+        log_tail "${LOGF[$target]}"
     fi
-elif ! kill -0 "$PROXY_PID" 2>/dev/null; then
-    wait "$PROXY_PID" && code=0 || code=$?
-    PROXY_PID=""
-    printf 'error: the proxy exited (status %s) before accepting connections\n' "$code" >&2
-    proxy_log_tail
-else
-    printf 'error: the proxy did not accept connections within 15 s\n' >&2
-    proxy_log_tail
+    [[ "${OK[$target]}" == 1 ]] || warn "runs through $target are skipped"
+}
+
+# start_proxy TARGET PROXY-ARGS...
+start_proxy() {
+    local target="$1" port; shift
+    port="$(free_port)" || die "no free port for the proxy"
+    CONN[$target]="host=127.0.0.1 port=$port dbname=bench user=bench"
+    LOGF[$target]="$TMP/$target.log"
+    log "starting lakebase-proxy ($target) on 127.0.0.1:$port: $*"
+    # NO_COLOR keeps the log tail printed on failure readable.
+    NO_COLOR=1 "$PROXY_BIN" "postgresql://bench@localhost:$PG_PORT/bench?sslrootcert=$CA" \
+        --address 127.0.0.1 --port "$port" --password-file "$TMP/password" "$@" >"${LOGF[$target]}" 2>&1 &
+    PID[$target]=$!
+    wait_ready "$target" "$port"
+}
+
+# start_pgbouncer TARGET MODE MIN_POOL [EXTRA-INI-LINE...]
+start_pgbouncer() {
+    local target="$1" mode="$2" min_pool="$3" port dir; shift 3
+    port="$(free_port)" || die "no free port for PgBouncer"
+    dir="$TMP/$target"
+    mkdir -p "$dir"
+    cat > "$dir/pgbouncer.ini" <<EOF
+[databases]
+bench = host=localhost port=$PG_PORT dbname=bench user=bench
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = trust
+auth_file = $TMP/userlist.txt
+pool_mode = $mode
+default_pool_size = $POOL_SIZE
+min_pool_size = $min_pool
+reserve_pool_size = 0
+max_client_conn = 20000
+server_tls_sslmode = verify-full
+server_tls_ca_file = $CA
+$(printf '%s\n' "$@")
+EOF
+    if [[ "$(id -u)" == 0 ]]; then chown -R postgres: "$dir"; fi
+    CONN[$target]="host=127.0.0.1 port=$port dbname=bench user=bench"
+    LOGF[$target]="$TMP/$target.log"
+    log "starting PgBouncer $PGB_VERSION ($target, pool_mode=$mode) on 127.0.0.1:$port"
+    "${AS_PG_EXEC[@]}" "$PGB_BIN" "$dir/pgbouncer.ini" >"${LOGF[$target]}" 2>&1 &
+    PID[$target]=$!
+    # Make sure the PID is PgBouncer's (see AS_PG_EXEC): it is what gets measured and stopped.
+    sleep 0.2
+    if kill -0 "${PID[$target]}" 2>/dev/null && [[ "$(cat "/proc/${PID[$target]}/comm" 2>/dev/null)" != pgbouncer ]]; then
+        die "PID ${PID[$target]} is $(cat "/proc/${PID[$target]}/comm" 2>/dev/null), not pgbouncer"
+    fi
+    wait_ready "$target" "$port"
+}
+
+TARGETS=(direct)
+if [[ "$PGBOUNCER" == 1 ]]; then
+    LABEL[pgb-session]="PgBouncer session"
+    LABEL[pgb-tx]="PgBouncer transaction"
+    TARGETS+=(pgb-session pgb-tx)
+    start_pgbouncer pgb-session session "$MIN_IDLE"
+    if [[ "$PGB_PREPARED" == 1 ]]; then
+        start_pgbouncer pgb-tx transaction "$MIN_IDLE" "max_prepared_statements = 200"
+    else
+        start_pgbouncer pgb-tx transaction "$MIN_IDLE"
+    fi
 fi
-[[ "$PROXY_OK" == 1 ]] || printf 'warning: proxied runs are skipped; only the direct half is measured\n' >&2
+LABEL[proxy]="lakebase-proxy"
+TARGETS+=(proxy)
+PROXY_ARGS=(--max-pool-size "$POOL_SIZE" --min-idle "$MIN_IDLE")
+start_proxy proxy "${PROXY_ARGS[@]}"
 
 # --- Runs -----------------------------------------------------------------------------------
 CLK_TCK="$(getconf CLK_TCK)"
 FAILED=0
 
-# utime+stime of a process in clock ticks. Fields are counted after the ")" that closes the
-# command name, which may itself contain spaces.
+# utime+stime of a process (all its threads) in clock ticks. Fields are counted after the ")"
+# that closes the command name, which may itself contain spaces.
 cpu_ticks() {
     local stat
     stat="$(cat "/proc/$1/stat" 2>/dev/null)" || { echo 0; return; }
@@ -246,79 +402,265 @@ cpu_ticks() {
     awk '{print $12 + $13}' <<<"$stat"
 }
 
-# run NAME TARGET(direct|proxy) PGBENCH-ARGS...: runs pgbench and sets TPS, LAT (ms) and
-# CPU (proxy CPU us per transaction, "-" for direct); TPS is "FAILED" or "skipped" otherwise.
-# Not called in $(...): it must be able to update FAILED and PROXY_OK.
+# The machine is shared, so every run also reports how much CPU went to processes that are
+# not part of the benchmark ("others %" of all CPUs over the run): busy time of the whole
+# machine (/proc/stat) minus PostgreSQL (postmaster, its live children, and the children it
+# reaped), pgbench (this shell's reaped children) and the pooler.
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
+NCPU="$(nproc)"
+pg_tree_ticks() {
+    local postmaster total=0 child
+    postmaster="$(head -1 "$TMP/data/postmaster.pid" 2>/dev/null)" || { echo 0; return; }
+    total="$(awk '{sub(/^.*\) /, ""); print $12 + $13 + $14 + $15}' "/proc/$postmaster/stat" 2>/dev/null || echo 0)"
+    for child in $(ps -o pid= --ppid "$postmaster" 2>/dev/null); do
+        total=$((total + $(cpu_ticks "$child")))
+    done
+    echo "$total"
+}
+# CPU ticks of this shell's reaped children (pgbench, via the subshell and timeout that ran it).
+reaped_ticks() { awk '{sub(/^.*\) /, ""); print $14 + $15}' "/proc/$$/stat"; }
+sample() { echo "$(busy_ticks) $(pg_tree_ticks) $(reaped_ticks) $(date +%s%N)"; }
+
+# With WAIT_QUIET=N, each run first waits up to N seconds for a 2-second window in which the
+# machine is at most 15% busy (builds and tests of others on a shared machine).
+wait_quiet() {
+    ((WAIT_QUIET > 0)) || return 0
+    local deadline=$((SECONDS + WAIT_QUIET)) a b pct=0
+    while ((SECONDS < deadline)); do
+        a="$(busy_ticks)"; sleep 2; b="$(busy_ticks)"
+        pct=$(((b - a) * 100 / (2 * CLK_TCK * NCPU)))
+        if ((pct <= 15)); then return 0; fi
+    done
+    warn "the machine stayed busy ($pct% of its CPUs) for ${WAIT_QUIET}s; running anyway"
+}
+
+# run NAME TARGET PGBENCH-ARGS...: runs pgbench with a per-transaction log and sets TPS,
+# LAT/P99 (ms, from the log), CONN_MS (pgbench's initial or, with -C, average connection time)
+# and CPU (the pooler's CPU us per transaction, "-" for direct); TPS is "FAILED" or "skipped"
+# otherwise. Not called in $(...): it must be able to update FAILED and OK.
 run() {
-    local name="$1" side="$2"; shift 2
-    local out="$TMP/runs/$name-$side.log" conn env_args=() before after tx
-    TPS="-" LAT="-" CPU="-"
-    if [[ "$side" == direct ]]; then
-        conn="$DIRECT"; env_args=(PGPASSWORD="$PASSWORD")
-    else
-        conn="$PROXIED"
-        if [[ "$PROXY_OK" != 1 ]]; then TPS="skipped"; return; fi
-        before="$(cpu_ticks "$PROXY_PID")"
-    fi
+    local name="$1" target="$2"; shift 2
+    local prefix="$TMP/runs/$name-$target" env_args=() pid="" before=0 after=0 tx stats s0 s1
+    TPS="-" LAT="-" P99="-" CONN_MS="-" CPU="-" OTHERS="-"
+    if [[ "${OK[$target]:-0}" != 1 ]]; then TPS="skipped"; return; fi
+    [[ "$target" == direct ]] && env_args=(PGPASSWORD="$PASSWORD")
+    pid="${PID[$target]:-}"
+    wait_quiet
+    s0="$(sample)"
+    [[ -n "$pid" ]] && before="$(cpu_ticks "$pid")"
     # pgbench itself cannot hang past -T unless its server does; the margin covers -C setup.
-    if ! env "${env_args[@]}" timeout --kill-after=5 $((DURATION + 60)) \
-            "$PGBENCH" -n -T "$DURATION" "$@" "$conn" >"$out" 2>&1; then
-        printf '\nerror: pgbench %s (%s) failed:\n' "$name" "$side" >&2
-        tail -n 8 "$out" >&2
-        if [[ "$side" == proxy ]]; then
-            proxy_log_tail 15
-            kill -0 "$PROXY_PID" 2>/dev/null || { PROXY_OK=0; printf 'error: the proxy has died\n' >&2; }
+    # It runs in runs/ because -l names its files from --log-prefix plus its PID (and .N per
+    # extra thread).
+    if ! (cd "$TMP/runs" && env "${env_args[@]}" timeout --kill-after=5 $((DURATION + 60)) \
+            "$PGBENCH" -n -T "$DURATION" -l --log-prefix "$name-$target.tx" "$@" "${CONN[$target]}") \
+            >"$prefix.out" 2>&1; then
+        printf '\nerror: pgbench %s (%s) failed:\n' "$name" "$target" >&2
+        tail -n 8 "$prefix.out" >&2
+        if [[ -n "$pid" ]]; then
+            log_tail "${LOGF[$target]}" 15
+            kill -0 "$pid" 2>/dev/null || { OK[$target]=0; printf 'error: %s has died\n' "$target" >&2; }
         fi
+        rm -f "$prefix".tx.*
         FAILED=1
         TPS="FAILED"
         return
     fi
-    tx="$(awk -F': ' '/number of transactions actually processed/ {split($2, a, "/"); print a[1]}' "$out")"
-    TPS="$(awk '/^tps = / {printf "%.0f", $3; exit}' "$out")"
-    LAT="$(awk '/^latency average = / {print $4; exit}' "$out")"
-    if [[ "$side" == proxy ]]; then
-        after="$(cpu_ticks "$PROXY_PID")"
+    [[ -n "$pid" ]] && after="$(cpu_ticks "$pid")"
+    s1="$(sample)"
+    OTHERS="$(awk -v a="$s0" -v b="$s1" -v pooler=$((after - before)) -v hz="$CLK_TCK" -v ncpu="$NCPU" 'BEGIN {
+        split(a, x); split(b, y)
+        others = (y[1] - x[1]) - (y[2] - x[2]) - (y[3] - x[3]) - pooler
+        if (others < 0) others = 0
+        printf "%.0f", others / hz / ((y[4] - x[4]) / 1e9 * ncpu) * 100 }')"
+    tx="$(awk -F': ' '/number of transactions actually processed/ {split($2, a, "/"); print a[1]}' "$prefix.out")"
+    TPS="$(awk '/^tps = / {printf "%.0f", $3; exit}' "$prefix.out")"
+    CONN_MS="$(awk '/(initial|average) connection time = / {printf "%.2f", $5; exit}' "$prefix.out")"
+    # Log lines: client_id transaction_no time_us script_no time_epoch time_us_part; "failed"
+    # or "skipped" in the time column for transactions that did not complete.
+    stats="$(cat "$prefix".tx.* 2>/dev/null | awk '$3 ~ /^[0-9]+$/ {print $3}' | sort -n | awk '
+        { v[NR] = $1; sum += $1 }
+        END {
+            if (NR == 0) { print "- -"; exit }
+            i = int(NR * 0.99); if (i < NR * 0.99) i++; if (i < 1) i = 1
+            printf "%.3f %.3f\n", sum / NR / 1000, v[i] / 1000
+        }')"
+    rm -f "$prefix".tx.*
+    read -r LAT P99 <<<"$stats"
+    if [[ -n "$pid" ]]; then
         CPU="$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="${tx:-0}" \
             'BEGIN { if (n > 0) printf "%.1f", d / hz * 1e6 / n; else print "-" }')"
     fi
-    TPS="${TPS:-?}" LAT="${LAT:-?}"
+    TPS="${TPS:-?}" CONN_MS="${CONN_MS:--}"
 }
 
 # name | pgbench args | table label
 SCENARIOS=(
     "select-c1|-S -c 1 -j 1|select-only"
     "select-c8|-S -c 8 -j 2|select-only"
+    "select-c64|-S -c 64 -j 2|select-only"
     "tpcb-c8|-c 8 -j 2|tpc-b"
     "select-C-c8|-S -C -c 8 -j 2|select-only -C"
+    "prepared-c8|-S -M prepared -c 8 -j 2|select -M prepared"
 )
-ROWS=()
+if [[ -n "$ONLY" ]]; then
+    kept=()
+    for scenario in "${SCENARIOS[@]}"; do [[ " $ONLY " == *" ${scenario%%|*} "* ]] && kept+=("$scenario"); done
+    ((${#kept[@]} > 0)) || die "ONLY=\"$ONLY\" names no scenario"
+    SCENARIOS=("${kept[@]}")
+fi
+declare -A R_TPS=() R_LAT=() R_P99=() R_CONN=() R_CPU=() R_OTHERS=()
+# This is meant for a quiet machine: other load shows in these and skews every number.
+LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 for scenario in "${SCENARIOS[@]}"; do
     IFS='|' read -r name args label <<<"$scenario"
     clients="$(sed -E 's/.*-c ([0-9]+).*/\1/' <<<"$args")"
-    log "$label, $clients client(s), ${DURATION}s: direct"
-    # shellcheck disable=SC2086 # args are word-split on purpose
-    run "$name" direct $args; d_tps="$TPS" d_lat="$LAT"
-    log "$label, $clients client(s), ${DURATION}s: proxy"
-    # shellcheck disable=SC2086
-    run "$name" proxy $args; p_tps="$TPS" p_lat="$LAT" p_cpu="$CPU"
-    ratio="$(awk -v p="$p_tps" -v d="$d_tps" 'BEGIN { if (p+0 > 0 && d+0 > 0) printf "%.2f", p / d; else print "-" }')"
-    ROWS+=("$label|$clients|$d_tps|$d_lat|$p_tps|$p_lat|$ratio|$p_cpu")
+    for target in "${TARGETS[@]}"; do
+        if [[ "$target" == pgb-tx && "$args" == *"-M prepared"* && "$PGB_PREPARED" != 1 ]]; then
+            # Without max_prepared_statements a statement prepared on one server connection
+            # is not there on the next: pgbench fails. PgBouncer < 1.21 has no such setting.
+            R_TPS[$name/$target]="n/a"
+            continue
+        fi
+        log "$label, $clients client(s), ${DURATION}s: ${LABEL[$target]}"
+        # shellcheck disable=SC2086 # args are word-split on purpose
+        run "$name" "$target" $args
+        R_TPS[$name/$target]="$TPS" R_LAT[$name/$target]="$LAT" R_P99[$name/$target]="$P99"
+        R_CONN[$name/$target]="$CONN_MS" R_CPU[$name/$target]="$CPU" R_OTHERS[$name/$target]="$OTHERS"
+    done
 done
+
+LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# --- Idle clients -----------------------------------------------------------------------------
+declare -A IDLE_KIB=()
+IDLE_ROWS=()
+if [[ "$IDLE" == 1 ]]; then
+    max_count=0
+    for n in $IDLE_COUNTS; do ((n > max_count)) && max_count=$n; done
+    if ! command -v python3 >/dev/null; then
+        warn "python3 not found: the idle-client test is skipped"
+        IDLE=0
+    elif ((NOFILE < max_count + 200)); then
+        warn "ulimit -n is $NOFILE, too low for $max_count idle clients: the idle-client test is skipped"
+        IDLE=0
+    fi
+fi
+if [[ "$IDLE" == 1 ]]; then
+    # Fresh processes, so that the runs above leave nothing in their memory. Neither keeps
+    # warm connections; each logs in upstream once (the readiness query), which teaches it the
+    # server's parameters to greet idle clients with.
+    idle_targets=(proxy-idle)
+    LABEL[proxy-idle]="lakebase-proxy --lazy-attach"
+    start_proxy proxy-idle --lazy-attach --max-client-connections 20000 --max-pool-size "$POOL_SIZE"
+    if [[ "$PGBOUNCER" == 1 ]]; then
+        idle_targets+=(pgb-idle)
+        LABEL[pgb-idle]="PgBouncer session"
+        start_pgbouncer pgb-idle session 0
+    fi
+    counts="$(tr ' ' ',' <<<"$IDLE_COUNTS" | sed 's/,,*/,/g; s/^,//; s/,$//')"
+    for target in "${idle_targets[@]}"; do
+        [[ "${OK[$target]:-0}" == 1 ]] || { IDLE_ROWS+=("${LABEL[$target]}|skipped"); continue; }
+        pid="${PID[$target]}"
+        port="$(sed -E 's/.*port=([0-9]+).*/\1/' <<<"${CONN[$target]}")"
+        log "idle clients ($counts) on ${LABEL[$target]} (PID $pid)"
+        # Upstream connections the pooler holds while its clients sit idle.
+        report="ss -Htnp state established '( dport = :$PG_PORT )' | grep -c 'pid=$pid,' || true"
+        python3 "$IDLE_HELPER" --port "$port" --pid "$pid" --counts "$counts" --report-cmd "$report" \
+            >"$TMP/runs/idle-$target.out" 2>"$TMP/runs/idle-$target.err" &
+        HELPER_PID=$!
+        if wait "$HELPER_PID"; then :; else
+            printf 'error: the idle-client helper failed on %s:\n' "$target" >&2
+            tail -n 5 "$TMP/runs/idle-$target.err" >&2
+            log_tail "${LOGF[$target]}" 10
+            FAILED=1
+        fi
+        HELPER_PID=""
+        while IFS=$'\t' read -r kind n base rss per secs servers; do
+            if [[ "$kind" == STAGE ]]; then
+                IDLE_KIB[$target/$n]="$per"
+                IDLE_ROWS+=("${LABEL[$target]}|$n|$((base / 1024))|$((rss / 1024))|$per|$secs|$servers")
+            elif [[ "$kind" == CLOSED ]]; then
+                IDLE_ROWS+=("${LABEL[$target]}|0 (closed)|$((base / 1024))|$((rss / 1024))|-|-|-")
+            fi
+        done <"$TMP/runs/idle-$target.out"
+        stop_pid "$pid"
+        unset "PID[$target]"
+    done
+fi
 
 # --- Report ---------------------------------------------------------------------------------
-printf '\npgbench %s, scale %s, %ss per run, PostgreSQL over TLS (scram-sha-256) on loopback\n' \
-    "$("$PGBENCH" --version | awk '{print $3}')" "$SCALE" "$DURATION"
-printf 'proxy: %s --max-pool-size 64 --min-idle 8; CPU = proxy utime+stime per transaction\n\n' "$PROXY_BIN"
-fmt='%-15s %7s %12s %10s %12s %10s %8s %13s\n'
-printf "$fmt" mode clients "direct TPS" "lat ms" "proxy TPS" "lat ms" "ratio" "proxy CPU us"
-printf "$fmt" --------------- ------- ------------ ---------- ------------ ---------- -------- -------------
-for row in "${ROWS[@]}"; do
-    IFS='|' read -r -a f <<<"$row"
-    printf "$fmt" "${f[@]}"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a+0 > 0 && b+0 > 0) printf "%.2f", a / b; else print "-" }'; }
+
+printf '\npgbench %s, scale %s, %ss per run, PostgreSQL %s over TLS (scram-sha-256) on loopback, %s CPUs\n' \
+    "$("$PGBENCH" --version | awk '{print $3}')" "$SCALE" "$DURATION" \
+    "$("$PG_BIN/postgres" --version | awk '{print $3}')" "$(nproc)"
+printf 'proxy: %s %s\n' "$PROXY_BIN" "${PROXY_ARGS[*]}"
+if [[ "$PGBOUNCER" == 1 ]]; then
+    printf 'PgBouncer %s: default_pool_size=%s min_pool_size=%s, auth_type=trust, server_tls_sslmode=verify-full\n' \
+        "$PGB_VERSION" "$POOL_SIZE" "$MIN_IDLE"
+fi
+printf 'load average (1/5/15 min) before the runs: %s, after: %s\n' "$LOAD_START" "$LOAD_END"
+printf 'latency from pgbench -l (without connection time); CPU = pooler utime+stime per transaction;\n'
+printf 'x direct / x pgb-sess = TPS relative to direct TLS / PgBouncer session mode;\n'
+printf 'others%% = CPU used by processes outside the benchmark during the run, %% of all %s CPUs\n\n' "$NCPU"
+fmt='%-18s %3s  %-21s %7s %8s %8s %8s %8s %9s %10s %7s\n'
+printf "$fmt" mode c target TPS "mean ms" "p99 ms" "conn ms" "CPU us" "x direct" "x pgb-sess" "others%"
+printf "$fmt" ------------------ --- --------------------- ------- -------- -------- -------- -------- --------- ---------- -------
+for scenario in "${SCENARIOS[@]}"; do
+    IFS='|' read -r name args label <<<"$scenario"
+    clients="$(sed -E 's/.*-c ([0-9]+).*/\1/' <<<"$args")"
+    for target in "${TARGETS[@]}"; do
+        k="$name/$target"
+        printf "$fmt" "$label" "$clients" "${LABEL[$target]}" "${R_TPS[$k]}" "${R_LAT[$k]:--}" "${R_P99[$k]:--}" \
+            "${R_CONN[$k]:--}" "${R_CPU[$k]:--}" "$(ratio "${R_TPS[$k]}" "${R_TPS[$name/direct]}")" \
+            "$(ratio "${R_TPS[$k]}" "${R_TPS[$name/pgb-session]:-}")" "${R_OTHERS[$k]:--}"
+    done
 done
+if [[ "$PGBOUNCER" == 1 && "$PGB_PREPARED" != 1 ]]; then
+    printf '(n/a: PgBouncer %s has no max_prepared_statements (1.21+), so -M prepared cannot run in transaction mode)\n' "$PGB_VERSION"
+fi
+
+if ((${#IDLE_ROWS[@]} > 0)); then
+    printf '\nIdle clients (logged in, then idle): VmRSS of the pooler process\n\n'
+    ifmt='%-30s %10s %12s %11s %12s %10s %13s\n'
+    printf "$ifmt" target clients "RSS before" "RSS after" "KiB/client" "connect s" "server conns"
+    printf "$ifmt" ------------------------------ ---------- ------------ ----------- ------------ ---------- -------------
+    for row in "${IDLE_ROWS[@]}"; do
+        IFS='|' read -r t n b a per secs servers <<<"$row"
+        printf "$ifmt" "$t" "$n" "${b:+$b MiB}" "${a:+$a MiB}" "${per:--}" "${secs:--}" "${servers:--}"
+    done
+fi
+
+# --- Targets (issue #5) -----------------------------------------------------------------------
+# verdict DESCRIPTION VALUE OP LIMIT
+verdict() {
+    local what="$1" value="$2" op="$3" limit="$4" result
+    result="$(awk -v v="$value" -v l="$limit" -v op="$op" 'BEGIN {
+        if (v !~ /^[0-9.]+$/ || l !~ /^[0-9.]+$/) { print "n/a"; exit }
+        ok = (op == ">=") ? (v + 0 >= l + 0) : (v + 0 <= l + 0)
+        print ok ? "met" : "MISSED" }')"
+    printf '  %-6s  %-62s %8s %s %s\n' "$result" "$what" "$value" "$op" "$limit"
+}
+printf '\nTargets (issue #5):\n'
+for n in 8 64; do
+    verdict "select-only c=$n: proxy TPS / PgBouncer session" \
+        "$(ratio "${R_TPS[select-c$n/proxy]}" "${R_TPS[select-c$n/pgb-session]:-}")" ">=" 1.2
+    verdict "select-only c=$n: proxy TPS / direct TLS" \
+        "$(ratio "${R_TPS[select-c$n/proxy]}" "${R_TPS[select-c$n/direct]}")" ">=" 0.9
+done
+verdict "select-only c=1: proxy mean latency ms (limit: PgBouncer session's)" \
+    "${R_LAT[select-c1/proxy]:-}" "<=" "${R_LAT[select-c1/pgb-session]:--}"
+verdict "select-only c=8: proxy CPU us per transaction" "${R_CPU[select-c8/proxy]:-}" "<=" 12
+verdict "select-only -C c=8: proxy TPS / PgBouncer session" \
+    "$(ratio "${R_TPS[select-C-c8/proxy]}" "${R_TPS[select-C-c8/pgb-session]:-}")" ">=" 1.2
+last_count="$(awk '{print $NF}' <<<"$IDLE_COUNTS")"
+verdict "$last_count idle clients: proxy KiB RSS per client" "${IDLE_KIB[proxy-idle/$last_count]:-}" "<=" 8
 echo
 
-if [[ "$PROXY_OK" != 1 || "$FAILED" == 1 ]]; then
-    echo "Some runs failed or were skipped; see the errors above." >&2
+if [[ "$FAILED" == 1 ]]; then
+    echo "Some runs failed; see the errors above." >&2
     exit 1
 fi
+for target in "${TARGETS[@]}"; do
+    [[ "${OK[$target]:-0}" == 1 ]] || { echo "Some targets were skipped; see the errors above." >&2; exit 1; }
+done
