@@ -216,7 +216,7 @@ async fn run(
         (true, Some(greeting)) => lazy_session(client, &request, &pool, &greeting, ctx, entry).await,
         // The first client of a pool in lazy mode attaches at once: its login teaches the
         // pool what to greet later clients with.
-        _ => eager_session(client, &request, &pool, ctx, entry).await,
+        _ => Box::pin(eager_session(client, &request, &pool, ctx, entry)).await,
     }
 }
 
@@ -276,7 +276,9 @@ async fn lazy_session(
     if first.first().is_none_or(|&tag| tag == b'X') {
         return Ok(SessionEnd::ClientDone);
     }
-    let mut lease = checkout_with_notice(client, pool, request, entry).await?;
+    // Boxed: an idle lazy session's task then holds only what waiting needs, not the space
+    // the checkout and the relay take (see BENCHMARKS.md, idle clients).
+    let mut lease = Box::pin(checkout_with_notice(client, pool, request, entry)).await?;
     // Where the server's own values differ from what the greeting guessed (DateStyle written
     // another way, a setting reported differently), tell the client now, as a server would
     // after a SET.
@@ -289,7 +291,7 @@ async fn lazy_session(
     if !corrections.is_empty() {
         write_flush(client, &corrections).await?;
     }
-    attach(client, lease, key, &first, ctx, entry).await
+    Box::pin(attach(client, lease, key, &first, ctx, entry)).await
 }
 
 /// Relays between the client and a leased upstream connection, then gives the connection

@@ -37,16 +37,33 @@ impl ClientStream {
     }
 
     /// Waits for the client's next bytes and returns them (empty when it closed). Idle
-    /// clients wait on socket readiness, holding no buffer until something arrives.
+    /// clients wait on socket readiness, holding no heap buffer until something arrives.
     pub async fn read_some(&mut self) -> io::Result<BytesMut> {
-        match self {
-            ClientStream::Tcp(tcp) => tcp.readable().await?,
-            ClientStream::Unix(unix) => unix.readable().await?,
-            ClientStream::Tls(_) | ClientStream::Upgrading => {}
-        }
-        let mut buf = BytesMut::with_capacity(8 * 1024);
-        self.read_buf(&mut buf).await?;
-        Ok(buf)
+        // Readiness can be stale (left over from the startup read): `try_read` tells, and a
+        // `WouldBlock` clears it so the next wait really parks.
+        let mut first = [0u8; 512];
+        let read = match self {
+            ClientStream::Tcp(tcp) => loop {
+                tcp.readable().await?;
+                match tcp.try_read(&mut first) {
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                    result => break result?,
+                }
+            },
+            ClientStream::Unix(unix) => loop {
+                unix.readable().await?;
+                match unix.try_read(&mut first) {
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                    result => break result?,
+                }
+            },
+            ClientStream::Tls(_) | ClientStream::Upgrading => {
+                let mut buf = BytesMut::with_capacity(8 * 1024);
+                self.read_buf(&mut buf).await?;
+                return Ok(buf);
+            }
+        };
+        Ok(BytesMut::from(&first[..read]))
     }
 }
 
