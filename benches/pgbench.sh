@@ -644,15 +644,15 @@ verdict() {
 printf '\nTargets (issue #5):\n'
 for n in 8 64; do
     verdict "select-only c=$n: proxy TPS / PgBouncer session" \
-        "$(ratio "${R_TPS[select-c$n/proxy]}" "${R_TPS[select-c$n/pgb-session]:-}")" ">=" 1.2
+        "$(ratio "${R_TPS[select-c$n/proxy]:-}" "${R_TPS[select-c$n/pgb-session]:-}")" ">=" 1.2
     verdict "select-only c=$n: proxy TPS / direct TLS" \
-        "$(ratio "${R_TPS[select-c$n/proxy]}" "${R_TPS[select-c$n/direct]}")" ">=" 0.9
+        "$(ratio "${R_TPS[select-c$n/proxy]:-}" "${R_TPS[select-c$n/direct]:-}")" ">=" 0.9
 done
 verdict "select-only c=1: proxy mean latency ms (limit: PgBouncer session's)" \
     "${R_LAT[select-c1/proxy]:-}" "<=" "${R_LAT[select-c1/pgb-session]:--}"
 verdict "select-only c=8: proxy CPU us per transaction" "${R_CPU[select-c8/proxy]:-}" "<=" 12
 verdict "select-only -C c=8: proxy TPS / PgBouncer session" \
-    "$(ratio "${R_TPS[select-C-c8/proxy]}" "${R_TPS[select-C-c8/pgb-session]:-}")" ">=" 1.2
+    "$(ratio "${R_TPS[select-C-c8/proxy]:-}" "${R_TPS[select-C-c8/pgb-session]:-}")" ">=" 1.2
 last_count="$(awk '{print $NF}' <<<"$IDLE_COUNTS")"
 verdict "$last_count idle clients: proxy KiB RSS per client" "${IDLE_KIB[proxy-idle/$last_count]:-}" "<=" 8
 echo
