@@ -24,19 +24,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// psql 15's StartupMessage (with its length prefix).
 fn psql_startup() -> Vec<u8> {
-    let mut body = startup::PROTOCOL_3_0.to_be_bytes().to_vec();
-    for (key, value) in
-        [("user", "bench"), ("database", "bench"), ("application_name", "psql"), ("client_encoding", "UTF8")]
-    {
-        body.extend_from_slice(key.as_bytes());
-        body.push(0);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
-    packet
+    startup::encode_startup(
+        startup::PROTOCOL_3_0,
+        &[("user", "bench"), ("database", "bench"), ("application_name", "psql"), ("client_encoding", "UTF8")],
+    )
 }
 
 /// The ParameterStatus set PostgreSQL 15 sends at login (what a lazy greeting replays).

@@ -71,17 +71,11 @@ fn result_set_100_rows() -> Bytes {
 
 /// The startup body psql 15 sends (after the 4-byte length).
 fn psql_startup_body() -> Vec<u8> {
-    let mut body = startup::PROTOCOL_3_0.to_be_bytes().to_vec();
-    for (key, value) in
-        [("user", "bench"), ("database", "bench"), ("application_name", "psql"), ("client_encoding", "UTF8")]
-    {
-        body.extend_from_slice(key.as_bytes());
-        body.push(0);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    body
+    startup::encode_startup(
+        startup::PROTOCOL_3_0,
+        &[("user", "bench"), ("database", "bench"), ("application_name", "psql"), ("client_encoding", "UTF8")],
+    )
+    .split_off(4)
 }
 
 /// `SELECT 1` as a simple Query.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt, TryStreamExt};
 use lakebase_proxy::config::{Config, PasswordSource};
 use lakebase_proxy::pool::PoolKey;
+use lakebase_proxy::protocol::startup::encode_startup;
 use lakebase_proxy::proxy::RunningProxy;
 use support::{APP_DB, CLEAR_USER, MD5_USER, PASSWORD, PgServer, SCRAM_USER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -408,21 +409,6 @@ async fn warm_connections_are_opened_at_start() {
     proxy.stop().await;
 }
 
-/// A length-prefixed StartupMessage for a hand-written client.
-fn startup(version: u32, pairs: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = version.to_be_bytes().to_vec();
-    for (k, v) in pairs {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend(body);
-    packet
-}
-
 /// Reads one tagged message.
 async fn read_tag(stream: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
     let tag = stream.read_u8().await.unwrap();
@@ -449,7 +435,7 @@ mod raw {
         assert_eq!(stream.read_u8().await.unwrap(), b'N');
         stream.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap(); // SSLRequest
         assert_eq!(stream.read_u8().await.unwrap(), b'N');
-        stream.write_all(&startup(3 << 16, &[("user", "x")])).await.unwrap();
+        stream.write_all(&encode_startup(3 << 16, &[("user", "x")])).await.unwrap();
         assert_eq!(read_tag(&mut stream).await, (b'R', vec![0, 0, 0, 0]));
         proxy.stop().await;
     }
@@ -458,7 +444,7 @@ mod raw {
     async fn newer_protocol_minors_are_negotiated_down() {
         let proxy = proxy_for(SCRAM_USER, |_| {}).await;
         let mut stream = open(&proxy).await;
-        stream.write_all(&startup((3 << 16) | 2, &[("user", "x"), ("_pq_.extension", "on")])).await.unwrap();
+        stream.write_all(&encode_startup((3 << 16) | 2, &[("user", "x"), ("_pq_.extension", "on")])).await.unwrap();
         let (tag, body) = read_tag(&mut stream).await;
         assert_eq!(tag, b'v');
         assert_eq!(&body[..8], &[0, 3, 0, 0, 0, 0, 0, 1]);
@@ -479,14 +465,14 @@ mod raw {
         assert_eq!(stream.read(&mut [0; 16]).await.unwrap(), 0, "then the socket closes");
         // Half a startup packet, then silence: closed after the startup timeout.
         let mut stream = open(&proxy).await;
-        stream.write_all(&startup(3 << 16, &[("user", "x")])[..9]).await.unwrap();
+        stream.write_all(&encode_startup(3 << 16, &[("user", "x")])[..9]).await.unwrap();
         let started = Instant::now();
         let mut rest = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await.unwrap().unwrap();
         assert!(started.elapsed() >= Duration::from_millis(250));
         // Protocol 2.0 is refused.
         let mut stream = open(&proxy).await;
-        stream.write_all(&startup(2 << 16, &[("user", "x")])).await.unwrap();
+        stream.write_all(&encode_startup(2 << 16, &[("user", "x")])).await.unwrap();
         let (tag, body) = read_tag(&mut stream).await;
         assert_eq!(tag, b'E');
         assert!(String::from_utf8_lossy(&body).contains("0A000"));
@@ -500,7 +486,7 @@ mod raw {
     async fn replication_connections_are_refused() {
         let proxy = proxy_for(SCRAM_USER, |_| {}).await;
         let mut stream = open(&proxy).await;
-        stream.write_all(&startup(3 << 16, &[("user", "x"), ("replication", "database")])).await.unwrap();
+        stream.write_all(&encode_startup(3 << 16, &[("user", "x"), ("replication", "database")])).await.unwrap();
         let (tag, body) = read_tag(&mut stream).await;
         assert_eq!(tag, b'E');
         assert!(String::from_utf8_lossy(&body).contains("replication"));
@@ -540,7 +526,7 @@ async fn lazy_clients_are_told_the_servers_own_parameter_values() {
     // A raw client asking for 'utf-8' and a DateStyle written its own way.
     let mut stream = tokio::net::TcpStream::connect(proxy.tcp_address(0)).await.unwrap();
     let pairs = [("user", "x"), ("client_encoding", "'utf-8'"), ("DateStyle", "iso, dmy")];
-    stream.write_all(&startup(3 << 16, &pairs)).await.unwrap();
+    stream.write_all(&encode_startup(3 << 16, &pairs)).await.unwrap();
     let mut reported = std::collections::HashMap::new();
     let read_until_ready = async |stream: &mut tokio::net::TcpStream,
                                   reported: &mut std::collections::HashMap<String, String>| loop {

@@ -105,6 +105,23 @@ pub enum StartupError {
     Malformed(&'static str),
 }
 
+/// Encodes a StartupMessage with its length prefix, as a client sends it (for tools, tests
+/// and benchmarks that play the client).
+pub fn encode_startup(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut packet = vec![0; 4];
+    packet.extend_from_slice(&version.to_be_bytes());
+    for (key, value) in params {
+        for field in [key, value] {
+            packet.extend_from_slice(field.as_bytes());
+            packet.push(0);
+        }
+    }
+    packet.push(0);
+    let length = (packet.len() as u32).to_be_bytes();
+    packet[..4].copy_from_slice(&length);
+    packet
+}
+
 /// Reads one length-prefixed startup packet; `Ok(None)` when the client closed before sending
 /// anything (health checkers and port scanners do this).
 pub async fn read_packet<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<BytesMut>, StartupError> {
@@ -182,16 +199,9 @@ fn parse_startup(version: u32, rest: &[u8]) -> Result<StartupRequest, StartupErr
 mod tests {
     use super::*;
 
+    /// The body `parse` takes: everything after the length.
     fn startup_body(version: u32, pairs: &[(&str, &str)]) -> Vec<u8> {
-        let mut body = version.to_be_bytes().to_vec();
-        for (key, value) in pairs {
-            body.extend_from_slice(key.as_bytes());
-            body.push(0);
-            body.extend_from_slice(value.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        body
+        encode_startup(version, pairs).split_off(4)
     }
 
     #[test]
