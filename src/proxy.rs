@@ -3,7 +3,6 @@
 //! that add, remove or retune targets while sessions carry on.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +69,6 @@ struct TargetInfo {
     spec: TargetSpec,
     listen_port: u16,
     tcp_address: SocketAddr,
-    unix_socket: Option<PathBuf>,
     pools: Arc<Pools>,
     origin: String,
 }
@@ -202,11 +200,6 @@ impl RunningProxy {
         self.targets[index].info.tcp_address
     }
 
-    /// The unix socket of target number `index`, if one was asked for.
-    pub fn unix_socket(&self, index: usize) -> Option<&PathBuf> {
-        self.targets[index].info.unix_socket.as_ref()
-    }
-
     /// The pools of target number `index`.
     pub fn pools(&self, index: usize) -> &Arc<Pools> {
         &self.targets[index].info.pools
@@ -276,18 +269,14 @@ impl Shared {
             Listener::tcp(address).await.map_err(|source| StartError::Bind { address: address.to_string(), source })?;
         let tcp_address = tcp.local_addr().expect("a TCP listener has an address");
         let mut listeners = vec![(tcp, ctx.clone())];
-        let mut unix_socket = None;
         if let Some(dir) = &config.unix_socket_dir {
             let unix = Listener::unix(dir, tcp_address.port())
                 .await
                 .map_err(|source| StartError::Bind { address: dir.display().to_string(), source })?;
-            if let Listener::Unix(_, path) = &unix {
-                unix_socket = Some(path.clone());
-            }
             listeners.push((unix, ctx));
         }
         info!(target = %resolved.origin, upstream = %target, listen = %tcp_address, "target ready");
-        let info = TargetInfo { spec, listen_port: port, tcp_address, unix_socket, pools, origin: resolved.origin };
+        let info = TargetInfo { spec, listen_port: port, tcp_address, pools, origin: resolved.origin };
         Ok(PreparedTarget { info, listeners, stop: shutdown::channel() })
     }
 
