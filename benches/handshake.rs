@@ -58,7 +58,7 @@ fn greeting(buf: &mut BytesMut) {
 
 /// The proxy's side: read and parse the StartupMessage, answer with the greeting.
 async fn serve_login<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
-    let packet = startup::read_packet(stream).await.unwrap().expect("a startup packet");
+    let packet = startup::read_packet(stream, &mut BytesMut::new()).await.unwrap().expect("a startup packet");
     let StartupRequest::Startup { params, .. } = startup::parse(&packet).unwrap() else {
         panic!("not a StartupMessage");
     };

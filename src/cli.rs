@@ -191,6 +191,12 @@ pub struct ProxyArgs {
     /// Log filter, e.g. `info` or `lakebase_proxy=debug` (RUST_LOG syntax).
     #[arg(long, env = "LAKEBASE_PROXY_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Threads that relay traffic. 1 runs everything on one event loop, as PgBouncer does: no
+    /// wakeups between threads, the least CPU per query (see BENCHMARKS.md); raise it when one
+    /// core is not enough for the load. 0 means one per CPU.
+    #[arg(long, env = "LAKEBASE_PROXY_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
 }
 
 /// How log lines are written.

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match build_runtime(cli.proxy.worker_threads) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("lakebase-proxy: cannot start the runtime: {error}");
@@ -83,6 +83,21 @@ fn main() -> ExitCode {
 }
 
 /// `check-config`: the effective settings, or why there are none.
+/// One thread: a current-thread runtime (tasks, timers and I/O on a single event loop, with
+/// blocking work such as DNS on tokio's blocking pool). More: a work-stealing runtime.
+fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if worker_threads > 1 {
+            builder.worker_threads(worker_threads);
+        }
+        builder
+    };
+    builder.enable_all().build()
+}
+
 fn check_config(args: ProxyArgs) -> ExitCode {
     match args.into_config() {
         Ok(config) => {

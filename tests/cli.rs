@@ -103,19 +103,36 @@ fn psql_copy_large_objects_and_errors() {
 #[test]
 fn pgbench_runs_through_the_proxy_without_failures() {
     let pg = PgServer::shared();
-    // Session mode: each of pgbench's 8 clients holds an upstream connection throughout.
-    let proxy = ProxyProcess::start(&["--password-file", pg.password_file().to_str().unwrap(), "--max-pool-size", "8"]);
-    let connection = format!("host=127.0.0.1 port={} dbname={APP_DB}", proxy.port);
-    let init = Command::new("pgbench").args(["-i", "-s", "1", "-q", &connection]).output().unwrap();
-    assert!(init.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
-    let run = Command::new("pgbench")
-        .args(["-c", "8", "-j", "2", "-t", "100", "-M", "prepared", &connection])
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "pgbench: {report} {}", String::from_utf8_lossy(&run.stderr));
-    assert!(report.contains("number of transactions actually processed: 800/800"), "{report}");
-    assert!(report.contains("number of failed transactions: 0"), "{report}");
+    let password_file = pg.password_file();
+    // The default single event loop, then a multi-threaded runtime; with and without a new
+    // connection per transaction.
+    for (threads, mode) in [("1", "-M prepared"), ("3", "-M prepared"), ("3", "-C")] {
+        // Session mode: each of pgbench's 8 clients holds an upstream connection throughout.
+        let proxy = ProxyProcess::start(&[
+            "--password-file",
+            password_file.to_str().unwrap(),
+            "--max-pool-size",
+            "8",
+            "--worker-threads",
+            threads,
+        ]);
+        let connection = format!("host=127.0.0.1 port={} dbname={APP_DB}", proxy.port);
+        if threads == "1" {
+            let init = Command::new("pgbench").args(["-i", "-s", "1", "-q", &connection]).output().unwrap();
+            assert!(init.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
+        }
+        let run = Command::new("pgbench")
+            .args(["-c", "8", "-j", "2", "-t", "100"])
+            .args(mode.split(' '))
+            .arg(&connection)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&run.stdout);
+        let context = format!("--worker-threads {threads}, {mode}: {report} {}", String::from_utf8_lossy(&run.stderr));
+        assert!(run.status.success(), "{context}");
+        assert!(report.contains("number of transactions actually processed: 800/800"), "{context}");
+        assert!(report.contains("number of failed transactions: 0"), "{context}");
+    }
 }
 
 #[test]

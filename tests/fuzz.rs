@@ -221,9 +221,11 @@ proptest! {
         prop_assume!(body.len() + 4 <= MAX_STARTUP_PACKET);
         let packet = with_length(&body);
 
-        let read = block_on(startup::read_packet(&mut Chunked::new(&packet, sizes)));
+        let mut rest = BytesMut::new();
+        let read = block_on(startup::read_packet(&mut Chunked::new(&packet, sizes), &mut rest));
         let read = read.map_err(|e| TestCaseError::fail(format!("read_packet: {e}")))?;
         prop_assert_eq!(read.as_deref(), Some(&body[..]));
+        prop_assert!(rest.is_empty());
 
         match startup::parse(&body) {
             Ok(StartupRequest::Startup { minor: got_minor, params, protocol_options }) => {
@@ -283,7 +285,8 @@ proptest! {
         ],
         sizes in vec(1usize..16, 1..8),
     ) {
-        let result = block_on(startup::read_packet(&mut Chunked::new(&bytes, sizes)));
+        let mut rest = BytesMut::new();
+        let result = block_on(startup::read_packet(&mut Chunked::new(&bytes, sizes), &mut rest));
         if bytes.is_empty() {
             prop_assert!(matches!(result, Ok(None)), "{result:?}");
         } else if bytes.len() < 4 {
@@ -297,6 +300,8 @@ proptest! {
             } else {
                 let body = result.map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(body.as_deref(), Some(&bytes[4..declared]));
+                // What followed the packet was kept, in order (a chunk may stop short of it).
+                prop_assert!(bytes[declared..].starts_with(&rest));
             }
         }
     }
@@ -308,7 +313,7 @@ proptest! {
     ) {
         let mut packet = declared.to_be_bytes().to_vec();
         packet.extend_from_slice(&rest);
-        let result = block_on(startup::read_packet(&mut &packet[..]));
+        let result = block_on(startup::read_packet(&mut &packet[..], &mut BytesMut::new()));
         prop_assert!(matches!(result, Err(StartupError::BadLength(n)) if n == declared as usize), "{result:?}");
     }
 }

@@ -421,6 +421,7 @@ async fn read_tag(stream: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
 /// Raw protocol: what a hand-written client sees.
 mod raw {
     use super::*;
+    use bytes::BytesMut;
     use tokio::net::TcpStream;
 
     async fn open(proxy: &RunningProxy) -> TcpStream {
@@ -479,6 +480,66 @@ mod raw {
         // Meanwhile real clients are unaffected.
         let client = connect(&proxy).await;
         assert_eq!(client.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+        proxy.stop().await;
+    }
+
+    /// Reads messages up to and including the next ReadyForQuery; returns their tags and the
+    /// text of the first DataRow's first column.
+    async fn read_to_ready(stream: &mut TcpStream) -> (Vec<u8>, Option<String>) {
+        let (mut tags, mut first) = (Vec::new(), None);
+        loop {
+            let (tag, body) = read_tag(stream).await;
+            tags.push(tag);
+            if tag == b'D' && first.is_none() {
+                let len = i32::from_be_bytes(body[2..6].try_into().unwrap()) as usize;
+                first = Some(String::from_utf8_lossy(&body[6..6 + len]).into_owned());
+            }
+            if tag == b'Z' {
+                return (tags, first);
+            }
+        }
+    }
+
+    /// A client may send its first query right behind the StartupMessage, without waiting
+    /// for the greeting (the proxy reads the handshake in large reads, so both arrive in one).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_query_sent_with_the_startup_message_is_answered() {
+        for lazy in [false, true] {
+            let proxy = proxy_for(SCRAM_USER, |c| c.lazy_attach = lazy).await;
+            // In lazy mode the first client teaches the pool its greeting; the second is greeted
+            // from the cache and attaches at its (early) first message.
+            for _ in 0..2 {
+                let mut stream = open(&proxy).await;
+                let mut bytes = encode_startup(3 << 16, &[("user", SCRAM_USER), ("database", APP_DB)]);
+                let mut query = BytesMut::new();
+                postgres_protocol::message::frontend::query("SELECT 'early ' || 41 + 1", &mut query).unwrap();
+                bytes.extend_from_slice(&query);
+                stream.write_all(&bytes).await.unwrap();
+                let (greeting, _) = read_to_ready(&mut stream).await;
+                assert_eq!(greeting.first(), Some(&b'R'), "lazy={lazy}: {greeting:?}");
+                let answer = tokio::time::timeout(Duration::from_secs(10), read_to_ready(&mut stream)).await;
+                let (tags, value) = answer.unwrap_or_else(|_| panic!("lazy={lazy}: the early query was lost"));
+                assert_eq!(value.as_deref(), Some("early 42"), "lazy={lazy}: {tags:?}");
+                stream.write_all(&[b'X', 0, 0, 0, 4]).await.unwrap();
+            }
+            proxy.stop().await;
+        }
+    }
+
+    /// Bytes behind an SSLRequest, before its answer, may be a man in the middle's: refused,
+    /// as PostgreSQL refuses them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn data_after_an_encryption_request_is_refused() {
+        let proxy = proxy_for(SCRAM_USER, |_| {}).await;
+        let mut stream = open(&proxy).await;
+        let mut bytes = vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]; // SSLRequest
+        bytes.extend_from_slice(&encode_startup(3 << 16, &[("user", "x")]));
+        stream.write_all(&bytes).await.unwrap();
+        let (tag, body) = read_tag(&mut stream).await;
+        assert_eq!(tag, b'E');
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("08P01") && text.contains("unencrypted data after an encryption request"), "{text}");
+        assert_eq!(stream.read(&mut [0; 16]).await.unwrap(), 0, "then the socket closes");
         proxy.stop().await;
     }
 

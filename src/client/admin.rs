@@ -26,6 +26,7 @@ const VERSION: &str = concat!("lakebase-proxy ", env!("CARGO_PKG_VERSION"));
 pub(super) async fn serve_console(
     client: &mut ClientStream,
     startup: &SessionStartup,
+    early: BytesMut,
     view: &ProxyView,
 ) -> Result<SessionEnd, SessionError> {
     let mut out = BytesMut::new();
@@ -49,7 +50,7 @@ pub(super) async fn serve_console(
     }
     messages::backend_key_data(&mut out, CancelKey { pid: 0, secret: 0 });
     messages::ready_for_query(&mut out, b'I');
-    let mut inbound = BytesMut::new();
+    let mut inbound = early;
     loop {
         client.write_all(&out).await.map_err(SessionError::ClientIo)?;
         client.flush().await.map_err(SessionError::ClientIo)?;

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::ClientStream;
@@ -19,7 +20,13 @@ pub enum Handshake {
     /// Cancel the query of the session with this key.
     Cancel(CancelKey),
     /// Open a session.
-    Session(SessionStartup),
+    Session {
+        /// The StartupMessage.
+        startup: SessionStartup,
+        /// What the client sent after its StartupMessage without waiting for an answer, to
+        /// be handled as the session's first messages.
+        early: BytesMut,
+    },
 }
 
 /// A client's StartupMessage.
@@ -52,6 +59,10 @@ pub enum HandshakeError {
     /// The client kept sending encryption requests.
     #[error("too many encryption requests before the startup message")]
     TooManyRequests,
+    /// Bytes followed an encryption request before its answer; they could have been injected
+    /// by a man in the middle, so PostgreSQL refuses them too.
+    #[error("received unencrypted data after an encryption request")]
+    DataAfterEncryptionRequest,
 }
 
 impl UserFacing for HandshakeError {
@@ -70,11 +81,16 @@ pub async fn negotiate(
     client: &mut ClientStream,
     tls: Option<&Arc<rustls::ServerConfig>>,
 ) -> Result<Option<Handshake>, HandshakeError> {
+    let mut buf = BytesMut::new();
     for _ in 0..MAX_PRELUDE_PACKETS {
-        let Some(packet) = read_packet(client).await? else {
+        let Some(packet) = read_packet(client, &mut buf).await? else {
             return Ok(None);
         };
-        match startup::parse(&packet)? {
+        let request = startup::parse(&packet)?;
+        if matches!(request, StartupRequest::Ssl | StartupRequest::GssEnc) && !buf.is_empty() {
+            return Err(HandshakeError::DataAfterEncryptionRequest);
+        }
+        match request {
             StartupRequest::Ssl => match tls {
                 Some(config) if client.is_tcp() => {
                     client.write_all(b"S").await.map_err(StartupError::Io)?;
@@ -85,7 +101,8 @@ pub async fn negotiate(
             StartupRequest::GssEnc => client.write_all(b"N").await.map_err(StartupError::Io)?,
             StartupRequest::Cancel(key) => return Ok(Some(Handshake::Cancel(key))),
             StartupRequest::Startup { minor, params, protocol_options } => {
-                return Ok(Some(Handshake::Session(SessionStartup { minor, params, protocol_options })));
+                let startup = SessionStartup { minor, params, protocol_options };
+                return Ok(Some(Handshake::Session { startup, early: buf }));
             }
         }
     }

@@ -173,7 +173,10 @@ pub async fn serve(mut client: ClientStream, peer: Peer, ctx: Arc<TargetContext>
                 let _ = client.write_all(&buf).await;
             }
         }
-        let _ = client.shutdown().await;
+        // TLS clients get a close_notify; a plain socket's close sends the FIN by itself.
+        if matches!(client, ClientStream::Tls(_)) {
+            let _ = client.shutdown().await;
+        }
     }
     .instrument(span)
     .await
@@ -188,20 +191,20 @@ async fn run(
     let handshake = tokio::time::timeout(ctx.startup_timeout, negotiate(client, ctx.client_tls.as_ref()))
         .await
         .map_err(|_| SessionError::StartupTimeout(ctx.startup_timeout))??;
-    let startup = match handshake {
+    let (startup, early) = match handshake {
         None => return Ok(SessionEnd::NoStartup),
         Some(Handshake::Cancel(key)) => {
             ctx.cancels.cancel(key).await;
             return Ok(SessionEnd::Cancel);
         }
-        Some(Handshake::Session(startup)) => startup,
+        Some(Handshake::Session { startup, early }) => (startup, early),
     };
     if !peer.is_trusted() {
         return Err(SessionError::UntrustedPeer(peer.to_string()));
     }
     if startup.params.get("database") == Some(admin::ADMIN_DATABASE) {
         entry.update(|info| info.state = "console");
-        return admin::serve_console(client, &startup, &ctx.view).await;
+        return admin::serve_console(client, &startup, early, &ctx.view).await;
     }
     let request = SessionRequest::new(startup, &ctx.target)?;
     let span = tracing::Span::current();
@@ -213,10 +216,10 @@ async fn run(
     });
     let pool = ctx.pools.get(&request.key);
     match (ctx.lazy_attach, pool.greeting()) {
-        (true, Some(greeting)) => lazy_session(client, &request, &pool, &greeting, ctx, entry).await,
+        (true, Some(greeting)) => lazy_session(client, &request, early, &pool, &greeting, ctx, entry).await,
         // The first client of a pool in lazy mode attaches at once: its login teaches the
         // pool what to greet later clients with.
-        _ => Box::pin(eager_session(client, &request, &pool, ctx, entry)).await,
+        _ => Box::pin(eager_session(client, &request, &early, &pool, ctx, entry)).await,
     }
 }
 
@@ -225,22 +228,21 @@ async fn run(
 async fn eager_session(
     client: &mut ClientStream,
     request: &SessionRequest,
+    early: &[u8],
     pool: &Arc<Pool>,
     ctx: &TargetContext,
     entry: &ClientEntry,
 ) -> Result<SessionEnd, SessionError> {
-    // AuthenticationOk goes first, as from a server whose backend is still starting: after it
-    // a client accepts notices while the upstream connection is being opened.
+    // With a warm pool the whole greeting goes out in one write; a slow checkout sends
+    // AuthenticationOk ahead, as a server whose backend is still starting would.
     let mut greeting = BytesMut::new();
     request.write_authentication(&mut greeting);
-    write_flush(client, &greeting).await?;
-    let mut lease = checkout_with_notice(client, pool, request, entry).await?;
+    let mut lease = checkout_with_notice(client, pool, request, entry, &mut greeting).await?;
     let connection = lease.connection();
     let key = connection.key();
-    greeting.clear();
     write_ready(&mut greeting, connection.server_params().iter().map(|(n, v)| (n.as_str(), v.as_str())), key);
     write_flush(client, &greeting).await?;
-    attach(client, lease, key, &[], ctx, entry).await
+    attach(client, lease, key, early, ctx, entry).await
 }
 
 /// `--lazy-attach`: greet from the pool's cached parameters with a proxy-issued cancel key and
@@ -248,6 +250,7 @@ async fn eager_session(
 async fn lazy_session(
     client: &mut ClientStream,
     request: &SessionRequest,
+    early: BytesMut,
     pool: &Arc<Pool>,
     greeting_params: &[(String, String)],
     ctx: &TargetContext,
@@ -268,17 +271,21 @@ async fn lazy_session(
     write_flush(client, &greeting).await?;
     entry.update(|info| info.state = "idle");
     let mut shutdown = ctx.shutdown.clone();
-    let first = tokio::select! {
-        first = client.read_some() => first.map_err(SessionError::ClientIo)?,
-        // An idle lazy client holds nothing worth waiting for.
-        _ = shutdown.requested() => return Err(SessionError::ShuttingDown),
+    let first = if !early.is_empty() {
+        early
+    } else {
+        tokio::select! {
+            first = client.read_some() => first.map_err(SessionError::ClientIo)?,
+            // An idle lazy client holds nothing worth waiting for.
+            _ = shutdown.requested() => return Err(SessionError::ShuttingDown),
+        }
     };
     if first.first().is_none_or(|&tag| tag == b'X') {
         return Ok(SessionEnd::ClientDone);
     }
     // Boxed: an idle lazy session's task then holds only what waiting needs, not the space
     // the checkout and the relay take (see BENCHMARKS.md, idle clients).
-    let mut lease = Box::pin(checkout_with_notice(client, pool, request, entry)).await?;
+    let mut lease = Box::pin(checkout_with_notice(client, pool, request, entry, &mut BytesMut::new())).await?;
     // Where the server's own values differ from what the greeting guessed (DateStyle written
     // another way, a setting reported differently), tell the client now, as a server would
     // after a SET.
@@ -346,12 +353,14 @@ async fn write_flush(client: &mut ClientStream, bytes: &[u8]) -> Result<(), Sess
 const NOTICE_AFTER: Duration = Duration::from_secs(1);
 
 /// Checks out a connection; if that takes a while (a compute waking up, a full pool), tells
-/// the client once with a NoticeResponse rather than leave it wondering.
+/// the client once with a NoticeResponse rather than leave it wondering. `owed` holds what the
+/// client is to receive before any notice; it is sent (and cleared) only if a notice is due.
 async fn checkout_with_notice(
     client: &mut ClientStream,
     pool: &Arc<Pool>,
     request: &SessionRequest,
     entry: &ClientEntry,
+    owed: &mut BytesMut,
 ) -> Result<Lease, SessionError> {
     entry.update(|info| info.state = "waiting");
     let _waiting = metrics::WaitingClient::new(&pool.upstream().label);
@@ -360,7 +369,7 @@ async fn checkout_with_notice(
     if let Ok(result) = tokio::time::timeout(NOTICE_AFTER, &mut checkout).await {
         return Ok(result?);
     }
-    let mut notice = BytesMut::new();
+    let mut notice = std::mem::take(owed);
     ErrorFields::new(
         Severity::Notice,
         "00000",

@@ -1,11 +1,14 @@
 //! The untagged packets a client sends before the session starts: SSLRequest, GSSENCRequest,
 //! CancelRequest and the StartupMessage with its parameters.
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Longest startup packet accepted, as PostgreSQL's own `MAX_STARTUP_PACKET_LENGTH`.
 pub const MAX_STARTUP_PACKET: usize = 10_000;
+/// How much one read asks for while the packet's length is unknown: enough for any common
+/// StartupMessage, so a login takes one read per packet.
+const READ_AHEAD: usize = 1024;
 
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
@@ -122,22 +125,39 @@ pub fn encode_startup(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
     packet
 }
 
-/// Reads one length-prefixed startup packet; `Ok(None)` when the client closed before sending
-/// anything (health checkers and port scanners do this).
-pub async fn read_packet<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<BytesMut>, StartupError> {
-    let mut length = [0u8; 4];
-    let first = reader.read(&mut length).await?;
-    if first == 0 {
-        return Ok(None);
+/// Reads one length-prefixed startup packet and returns its body; `Ok(None)` when the client
+/// closed before sending anything (health checkers and port scanners do this).
+///
+/// Reads go through `buf` and may take more than the packet (one read per packet instead of
+/// two); whatever the client sent after the packet stays in `buf`, in order.
+pub async fn read_packet<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+) -> Result<Option<BytesMut>, StartupError> {
+    loop {
+        let wanted = match buf.first_chunk::<4>() {
+            Some(length) => {
+                let total = u32::from_be_bytes(*length) as usize;
+                if !(8..=MAX_STARTUP_PACKET).contains(&total) {
+                    return Err(StartupError::BadLength(total));
+                }
+                if buf.len() >= total {
+                    let mut packet = buf.split_to(total);
+                    packet.advance(4);
+                    return Ok(Some(packet));
+                }
+                total - buf.len()
+            }
+            None => READ_AHEAD,
+        };
+        buf.reserve(wanted);
+        if reader.read_buf(buf).await? == 0 {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            return Err(StartupError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
     }
-    reader.read_exact(&mut length[first..]).await?;
-    let total = u32::from_be_bytes(length) as usize;
-    if !(8..=MAX_STARTUP_PACKET).contains(&total) {
-        return Err(StartupError::BadLength(total));
-    }
-    let mut body = BytesMut::zeroed(total - 4);
-    reader.read_exact(&mut body).await?;
-    Ok(Some(body))
 }
 
 /// Interprets a startup packet body (everything after the length).
@@ -255,8 +275,18 @@ mod tests {
     #[tokio::test]
     async fn read_packet_enforces_the_size_limit() {
         let mut huge = &(100_000u32).to_be_bytes()[..];
-        assert!(matches!(read_packet(&mut huge).await, Err(StartupError::BadLength(100_000))));
+        assert!(matches!(read_packet(&mut huge, &mut BytesMut::new()).await, Err(StartupError::BadLength(100_000))));
         let mut empty: &[u8] = &[];
-        assert!(read_packet(&mut empty).await.unwrap().is_none());
+        assert!(read_packet(&mut empty, &mut BytesMut::new()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn read_packet_keeps_what_follows_the_packet() {
+        let mut input = encode_startup(PROTOCOL_3_0, &[("user", "a")]);
+        input.extend_from_slice(b"Q\0\0\0\x0dselect 1\0");
+        let mut buf = BytesMut::new();
+        let body = read_packet(&mut &input[..], &mut buf).await.unwrap().unwrap();
+        assert_eq!(&body[..], &startup_body(PROTOCOL_3_0, &[("user", "a")])[..]);
+        assert_eq!(&buf[..], b"Q\0\0\0\x0dselect 1\0");
     }
 }

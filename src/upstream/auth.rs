@@ -115,9 +115,14 @@ pub(super) async fn authenticate(
                         scram = Some(exchange);
                     }
                     11 => {
-                        let exchange = scram.as_mut().ok_or_else(|| protocol_error("SASLContinue without SASL"))?;
-                        exchange.update(&body)?;
+                        let mut exchange = scram.take().ok_or_else(|| protocol_error("SASLContinue without SASL"))?;
+                        // The salted password costs thousands of HMAC rounds (milliseconds):
+                        // off the event loop, which may be relaying for every other client.
+                        let exchange = tokio::task::spawn_blocking(move || exchange.update(&body).map(|()| exchange))
+                            .await
+                            .map_err(|_| protocol_error("SCRAM computation failed"))??;
                         frontend::sasl_response(exchange.message(), &mut outbound)?;
+                        scram = Some(exchange);
                         send(stream, &mut outbound).await?;
                     }
                     12 => {
