@@ -102,7 +102,9 @@ pub async fn negotiate(
             StartupRequest::Cancel(key) => return Ok(Some(Handshake::Cancel(key))),
             StartupRequest::Startup { minor, params, protocol_options } => {
                 let startup = SessionStartup { minor, params, protocol_options };
-                return Ok(Some(Handshake::Session { startup, early: buf }));
+                // An empty `buf` still holds its read allocation; an idle client must not.
+                let early = if buf.is_empty() { BytesMut::new() } else { buf };
+                return Ok(Some(Handshake::Session { startup, early }));
             }
         }
     }
