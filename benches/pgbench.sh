@@ -21,7 +21,9 @@
 #
 # Per run the table gives TPS, mean and p99 latency (from pgbench's per-transaction log, `-l`;
 # connection time is not included, see "conn ms" for that), and for PgBouncer and the proxy the
-# CPU time of the pooler's process (utime+stime from /proc/PID/stat) per transaction.
+# CPU time of the pooler's process (utime+stime from /proc/PID/stat) per transaction. Clients
+# reach the poolers over loopback TCP, except in the "unix" scenarios, which use each pooler's
+# unix socket (as a sidecar sharing a socket directory with its application would).
 #
 # The idle test starts a fresh `lakebase-proxy --lazy-attach --max-client-connections 20000`
 # and a fresh PgBouncer (session mode), opens IDLE_COUNTS clients on each with
@@ -277,7 +279,7 @@ if [[ "$(id -u)" == 0 ]]; then chown root: "$TMP/password"; fi
 (umask 077; printf '"bench" "%s"\n' "$PASSWORD" > "$TMP/userlist.txt")
 if [[ "$(id -u)" == 0 ]]; then chown postgres: "$TMP/userlist.txt"; fi
 
-declare -A CONN=() LOGF=() LABEL=()
+declare -A CONN=() CONN_UNIX=() LOGF=() LABEL=()
 CONN[direct]="host=localhost hostaddr=127.0.0.1 port=$PG_PORT dbname=bench user=bench sslmode=verify-full sslrootcert=$CA"
 LABEL[direct]="direct TLS"
 # Sanity check the direct path first: if this fails, nothing below means anything.
@@ -346,7 +348,7 @@ bench = host=localhost port=$PG_PORT dbname=bench user=bench
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $port
-unix_socket_dir =
+unix_socket_dir = $dir
 auth_type = trust
 auth_file = $TMP/userlist.txt
 pool_mode = $mode
@@ -360,6 +362,7 @@ $(printf '%s\n' "$@")
 EOF
     if [[ "$(id -u)" == 0 ]]; then chown -R postgres: "$dir"; fi
     CONN[$target]="host=127.0.0.1 port=$port dbname=bench user=bench"
+    CONN_UNIX[$target]="host=$dir port=$port dbname=bench user=bench"
     LOGF[$target]="$TMP/$target.log"
     log "starting PgBouncer $PGB_VERSION ($target, pool_mode=$mode) on 127.0.0.1:$port"
     "${AS_PG_EXEC[@]}" "$PGB_BIN" "$dir/pgbouncer.ini" >"${LOGF[$target]}" 2>&1 &
@@ -387,11 +390,14 @@ fi
 LABEL[proxy]="lakebase-proxy"
 TARGETS+=(proxy)
 PROXY_ARGS=(--max-pool-size "$POOL_SIZE" --min-idle "$MIN_IDLE")
-start_proxy proxy "${PROXY_ARGS[@]}"
+mkdir -p "$TMP/proxy-sock"
+start_proxy proxy "${PROXY_ARGS[@]}" --unix-socket "$TMP/proxy-sock"
+CONN_UNIX[proxy]="host=$TMP/proxy-sock port=$(sed -E 's/.*port=([0-9]+).*/\1/' <<<"${CONN[proxy]}") dbname=bench user=bench"
 
 # --- Runs -----------------------------------------------------------------------------------
 CLK_TCK="$(getconf CLK_TCK)"
 FAILED=0
+TRANSPORT=tcp
 
 # utime+stime of a process (all its threads) in clock ticks. Fields are counted after the ")"
 # that closes the command name, which may itself contain spaces.
@@ -434,8 +440,8 @@ wait_quiet() {
     warn "the machine stayed busy ($pct% of its CPUs) for ${WAIT_QUIET}s; running anyway"
 }
 
-# run NAME TARGET PGBENCH-ARGS...: runs pgbench with a per-transaction log and sets TPS,
-# LAT/P99 (ms, from the log), CONN_MS (pgbench's initial or, with -C, average connection time)
+# run NAME TARGET PGBENCH-ARGS...: runs pgbench with a per-transaction log (over TCP, or over
+# the pooler's unix socket when TRANSPORT is "unix") and sets TPS, LAT/P99 (ms, from the log), CONN_MS (pgbench's initial or, with -C, average connection time)
 # and CPU (the pooler's CPU us per transaction, "-" for direct); TPS is "FAILED" or "skipped"
 # otherwise. Not called in $(...): it must be able to update FAILED and OK.
 run() {
@@ -443,6 +449,8 @@ run() {
     local prefix="$TMP/runs/$name-$target" env_args=() pid="" before=0 after=0 tx stats s0 s1
     TPS="-" LAT="-" P99="-" CONN_MS="-" CPU="-" OTHERS="-"
     if [[ "${OK[$target]:-0}" != 1 ]]; then TPS="skipped"; return; fi
+    local conn="${CONN[$target]}"
+    [[ "$TRANSPORT" == unix ]] && conn="${CONN_UNIX[$target]}"
     [[ "$target" == direct ]] && env_args=(PGPASSWORD="$PASSWORD")
     pid="${PID[$target]:-}"
     wait_quiet
@@ -452,7 +460,7 @@ run() {
     # It runs in runs/ because -l names its files from --log-prefix plus its PID (and .N per
     # extra thread).
     if ! (cd "$TMP/runs" && env "${env_args[@]}" timeout --kill-after=5 $((DURATION + 60)) \
-            "$PGBENCH" -n -T "$DURATION" -l --log-prefix "$name-$target.tx" "$@" "${CONN[$target]}") \
+            "$PGBENCH" -n -T "$DURATION" -l --log-prefix "$name-$target.tx" "$@" "$conn") \
             >"$prefix.out" 2>&1; then
         printf '\nerror: pgbench %s (%s) failed:\n' "$name" "$target" >&2
         tail -n 8 "$prefix.out" >&2
@@ -493,7 +501,7 @@ run() {
     TPS="${TPS:-?}" CONN_MS="${CONN_MS:--}"
 }
 
-# name | pgbench args | table label
+# name | pgbench args | table label [| unix: clients come over the pooler's unix socket]
 SCENARIOS=(
     "select-c1|-S -c 1 -j 1|select-only"
     "select-c8|-S -c 8 -j 2|select-only"
@@ -501,6 +509,10 @@ SCENARIOS=(
     "tpcb-c8|-c 8 -j 2|tpc-b"
     "select-C-c8|-S -C -c 8 -j 2|select-only -C"
     "prepared-c8|-S -M prepared -c 8 -j 2|select -M prepared"
+    # A sidecar or a laptop can hand clients a unix socket instead of loopback TCP; there is
+    # no direct TLS equivalent (PostgreSQL's own socket has no TLS), so direct is n/a.
+    "select-unix-c8|-S -c 8 -j 2|select-only unix|unix"
+    "select-C-unix-c8|-S -C -c 8 -j 2|select -C unix|unix"
 )
 if [[ -n "$ONLY" ]]; then
     kept=()
@@ -512,9 +524,13 @@ declare -A R_TPS=() R_LAT=() R_P99=() R_CONN=() R_CPU=() R_OTHERS=()
 # This is meant for a quiet machine: other load shows in these and skews every number.
 LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 for scenario in "${SCENARIOS[@]}"; do
-    IFS='|' read -r name args label <<<"$scenario"
+    IFS='|' read -r name args label TRANSPORT <<<"$scenario"
     clients="$(sed -E 's/.*-c ([0-9]+).*/\1/' <<<"$args")"
     for target in "${TARGETS[@]}"; do
+        if [[ "$TRANSPORT" == unix && -z "${CONN_UNIX[$target]:-}" ]]; then
+            R_TPS[$name/$target]="n/a"
+            continue
+        fi
         if [[ "$target" == pgb-tx && "$args" == *"-M prepared"* && "$PGB_PREPARED" != 1 ]]; then
             # Without max_prepared_statements a statement prepared on one server connection
             # is not there on the next: pgbench fails. PgBouncer < 1.21 has no such setting.
@@ -607,7 +623,7 @@ fmt='%-18s %3s  %-21s %7s %8s %8s %8s %8s %9s %10s %7s\n'
 printf "$fmt" mode c target TPS "mean ms" "p99 ms" "conn ms" "CPU us" "x direct" "x pgb-sess" "others%"
 printf "$fmt" ------------------ --- --------------------- ------- -------- -------- -------- -------- --------- ---------- -------
 for scenario in "${SCENARIOS[@]}"; do
-    IFS='|' read -r name args label <<<"$scenario"
+    IFS='|' read -r name args label _ <<<"$scenario"
     clients="$(sed -E 's/.*-c ([0-9]+).*/\1/' <<<"$args")"
     for target in "${TARGETS[@]}"; do
         k="$name/$target"
@@ -616,8 +632,11 @@ for scenario in "${SCENARIOS[@]}"; do
             "$(ratio "${R_TPS[$k]}" "${R_TPS[$name/pgb-session]:-}")" "${R_OTHERS[$k]:--}"
     done
 done
-if [[ "$PGBOUNCER" == 1 && "$PGB_PREPARED" != 1 ]]; then
+if [[ "$PGBOUNCER" == 1 && "$PGB_PREPARED" != 1 && " ${SCENARIOS[*]} " == *"-M prepared"* ]]; then
     printf '(n/a: PgBouncer %s has no max_prepared_statements (1.21+), so -M prepared cannot run in transaction mode)\n' "$PGB_VERSION"
+fi
+if [[ " ${SCENARIOS[*]} " == *"|unix "* ]]; then
+    printf '(unix rows: clients on the pooler'"'"'s unix socket, upstream still TLS; direct is n/a: PostgreSQL'"'"'s own socket has no TLS)\n'
 fi
 
 if ((${#IDLE_ROWS[@]} > 0)); then
