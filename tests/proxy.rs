@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt, TryStreamExt};
 use lakebase_proxy::config::{Config, PasswordSource};
-use lakebase_proxy::pool::PoolKey;
+use lakebase_proxy::pool::{CheckoutKind, PoolKey};
 use lakebase_proxy::protocol::startup::encode_startup;
 use lakebase_proxy::proxy::RunningProxy;
 use support::{APP_DB, CLEAR_USER, MD5_USER, PASSWORD, PgServer, SCRAM_USER};
@@ -406,6 +406,39 @@ async fn warm_connections_are_opened_at_start() {
     let plain = connect(&proxy).await;
     let app: String = plain.query_one("SELECT current_setting('application_name')", &[]).await.unwrap().get(0);
     assert_eq!(app, "");
+    proxy.stop().await;
+}
+
+/// A returning application (same settings) finds its connection as it left it: the reset
+/// re-applies the settings, so its checkout needs no round trip. A client without them gets
+/// them RESET rather than inherited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_application_gets_its_settings_without_a_round_trip() {
+    let proxy = proxy_for(CLEAR_USER, |c| {
+        c.pool.min_idle = 1;
+        c.pool.max_size = 1;
+    })
+    .await;
+    let pool = proxy.pools(0).get(&pool_key(CLEAR_USER));
+    wait_until(|| pool.counts() == (1, 1)).await;
+    for _ in 0..3 {
+        let mut config = client_config(&proxy);
+        config.application_name("returning-app");
+        let (client, connection) = config.connect(NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client.batch_execute("CREATE TEMP TABLE scratch (x int)").await.unwrap();
+        let app: String = client.query_one("SELECT current_setting('application_name')", &[]).await.unwrap().get(0);
+        assert_eq!(app, "returning-app");
+        drop(client);
+        // Back in the pool once reset (the temp table would fail the next round otherwise).
+        wait_until(|| pool.counts() == (1, 1)).await;
+    }
+    assert_eq!(pool.checkouts(CheckoutKind::Adjusted), 1, "only the first checkout needed SETs");
+    assert_eq!(pool.checkouts(CheckoutKind::Exact), 2);
+    let plain = connect(&proxy).await;
+    let app: String = plain.query_one("SELECT current_setting('application_name')", &[]).await.unwrap().get(0);
+    assert_eq!(app, "", "not inherited from the previous client");
+    assert_eq!(pool.checkouts(CheckoutKind::Adjusted), 2);
     proxy.stop().await;
 }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tracing::{debug, warn};
 
-use super::{Pool, Pooled};
+use super::{CheckoutKind, Pool, Pooled};
 use crate::error::{UserFacing, sqlstate};
 use crate::ops::metrics;
 use crate::protocol::StartupParams;
@@ -83,8 +83,16 @@ impl Lease {
         }
         tokio::spawn(async move {
             if used {
-                match tokio::time::timeout(RESET_TIMEOUT, connection.simple_query(RESET_QUERY)).await {
-                    Ok(Ok(Ok(_))) => {}
+                let restore = settings_to_restore(&connection);
+                let statements: Vec<&str> = [Some(RESET_QUERY), restore.as_deref()].into_iter().flatten().collect();
+                match tokio::time::timeout(RESET_TIMEOUT, connection.simple_queries(&statements)).await {
+                    Ok(Ok(outcomes)) if outcomes[0].is_ok() => {
+                        if let Some(Err(error)) = outcomes.get(1) {
+                            debug!(connection = connection.id(), %error, "could not restore settings after the reset");
+                            let startup = connection.startup_params().clone();
+                            connection.set_settings(startup);
+                        }
+                    }
                     outcome => {
                         warn!(connection = connection.id(), ?outcome, "reset failed; closing the connection");
                         metrics::upstream_retired(&pool.upstream.label, "dirty");
@@ -137,10 +145,16 @@ impl Pool {
                     self.forget_one();
                     continue;
                 }
-                Take::Exact(pooled) => return Ok(self.lease(pooled)),
+                Take::Exact(pooled) => {
+                    self.count_checkout(CheckoutKind::Exact);
+                    return Ok(self.lease(pooled));
+                }
                 Take::Adjust(mut pooled) => {
                     match apply_params(&mut pooled.connection, params).await {
-                        Ok(()) => return Ok(self.lease(pooled)),
+                        Ok(()) => {
+                            self.count_checkout(CheckoutKind::Adjusted);
+                            return Ok(self.lease(pooled));
+                        }
                         Err(reason) => {
                             // Let a fresh login with the client's own parameters give the real
                             // answer (a direct connection would have failed at login just so).
@@ -162,6 +176,7 @@ impl Pool {
                     continue;
                 }
             };
+            self.count_checkout(CheckoutKind::Opened);
             return Ok(self.lease(pooled));
         }
     }
@@ -175,7 +190,7 @@ impl Pool {
     /// one of them is closed to make room.
     fn take(&self, params: &StartupParams) -> Take {
         let mut state = self.state.lock().unwrap();
-        let exact = state.idle.iter().rposition(|p| same_params(p.connection.startup_params(), params));
+        let exact = state.idle.iter().rposition(|p| same_params(p.connection.settings(), params));
         if let Some(index) = exact {
             return Take::Exact(state.idle.remove(index));
         }
@@ -261,8 +276,8 @@ impl Pooled {
     }
 }
 
-fn same_params(opened_with: &StartupParams, wanted: &StartupParams) -> bool {
-    opened_with.iter().count() == wanted.iter().count() && is_subset(opened_with, wanted)
+fn same_params(carried: &StartupParams, wanted: &StartupParams) -> bool {
+    carried.iter().count() == wanted.iter().count() && is_subset(carried, wanted)
 }
 
 fn is_subset(opened_with: &StartupParams, wanted: &StartupParams) -> bool {
@@ -270,24 +285,42 @@ fn is_subset(opened_with: &StartupParams, wanted: &StartupParams) -> bool {
 }
 
 /// Brings a connection opened with a subset of `wanted` to the client's settings with one
-/// round trip of SETs. Values the server already reports as wanted are skipped.
+/// round trip: SET what differs, RESET what an earlier client set and this one did not ask
+/// for. Values the server already reports as wanted are skipped.
 async fn apply_params(connection: &mut ServerConnection, wanted: &StartupParams) -> Result<(), String> {
     let mut sql = String::new();
     for (name, value) in wanted.iter() {
-        let already = connection.startup_params().get(name) == Some(value)
+        let already = connection.settings().get(name) == Some(value)
             || connection.server_params().iter().any(|(n, v)| n.eq_ignore_ascii_case(name) && v == value);
         if !already {
             sql.push_str(&format!("SET {} TO {};", quote_identifier(name), quote_literal(value)));
         }
     }
-    if sql.is_empty() {
-        return Ok(());
+    for (name, _) in connection.settings().iter().filter(|(name, _)| wanted.get(name).is_none()) {
+        sql.push_str(&format!("RESET {};", quote_identifier(name)));
     }
-    match connection.simple_query(&sql).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(fields)) => Err(fields.to_string()),
-        Err(error) => Err(error.to_string()),
+    if !sql.is_empty() {
+        match connection.simple_query(&sql).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(fields)) => return Err(fields.to_string()),
+            Err(error) => return Err(error.to_string()),
+        }
     }
+    connection.set_settings(wanted.clone());
+    Ok(())
+}
+
+/// The SETs that give a session just reset to its startup parameters the settings it carried
+/// before, so the next client of the same application finds an exact match (one round trip
+/// with the reset instead of one more at its checkout).
+fn settings_to_restore(connection: &ServerConnection) -> Option<String> {
+    let sql: String = connection
+        .settings()
+        .iter()
+        .filter(|(name, value)| connection.startup_params().get(name) != Some(value))
+        .map(|(name, value)| format!("SET {} TO {};", quote_identifier(name), quote_literal(value)))
+        .collect();
+    (!sql.is_empty()).then_some(sql)
 }
 
 /// Quotes a setting name as an SQL identifier.

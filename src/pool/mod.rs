@@ -2,18 +2,22 @@
 //! to one client at a time.
 //!
 //! A connection goes back to the pool only when the relay saw it idle outside any
-//! transaction; it is then reset with `DISCARD ALL` off the client's path. Connections past
-//! their (jittered) lifetime, idle too long, or found dead are closed.
+//! transaction; it is then reset with `DISCARD ALL` off the client's path, and the settings
+//! its client was given (`application_name`, ...) are SET again in the same round trip, so
+//! the next client of the same application takes it as it is. Connections past their
+//! (jittered) lifetime, idle too long, or found dead are closed.
 
 mod checkout;
 mod maintenance;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::ops::metrics;
 pub use checkout::{CheckoutError, Lease};
 
 use crate::credentials::{BoxFuture, CredentialCache};
@@ -113,6 +117,29 @@ pub struct Pool {
     available: Notify,
     /// ParameterStatus values of the last login, to greet clients before attaching.
     greeting: Mutex<Option<ServerParams>>,
+    /// Checkouts so far, by [`CheckoutKind`].
+    checkouts: [AtomicU64; 3],
+}
+
+/// How a checkout found its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckoutKind {
+    /// An idle connection already carrying the client's settings: no round trip.
+    Exact,
+    /// An idle connection brought to the client's settings with one round trip.
+    Adjusted,
+    /// A new login.
+    Opened,
+}
+
+impl CheckoutKind {
+    fn label(self) -> &'static str {
+        match self {
+            CheckoutKind::Exact => "exact",
+            CheckoutKind::Adjusted => "adjusted",
+            CheckoutKind::Opened => "opened",
+        }
+    }
 }
 
 /// Everything needed to open connections to one target.
@@ -225,7 +252,24 @@ impl Upstream {
 
 impl Pool {
     fn new(key: PoolKey, upstream: Arc<Upstream>) -> Pool {
-        Pool { key, upstream, state: Mutex::default(), available: Notify::new(), greeting: Mutex::new(None) }
+        Pool {
+            key,
+            upstream,
+            state: Mutex::default(),
+            available: Notify::new(),
+            greeting: Mutex::new(None),
+            checkouts: Default::default(),
+        }
+    }
+
+    /// How many checkouts of this pool went `kind`'s way.
+    pub fn checkouts(&self, kind: CheckoutKind) -> u64 {
+        self.checkouts[kind as usize].load(Ordering::Relaxed)
+    }
+
+    fn count_checkout(&self, kind: CheckoutKind) {
+        self.checkouts[kind as usize].fetch_add(1, Ordering::Relaxed);
+        metrics::checkout(&self.upstream.label, kind.label());
     }
 
     /// The upstream this pool connects to.

@@ -19,6 +19,9 @@ pub struct ServerConnection {
     id: u64,
     /// The startup parameters it was opened with, besides user and database.
     startup_params: StartupParams,
+    /// The client settings the session carries now: its startup parameters, or those of the
+    /// client a checkout last adjusted it for (with SET), which a reset re-applies.
+    settings: StartupParams,
     /// Current values of the parameters the server reports (ParameterStatus).
     server_params: Vec<(String, String)>,
     key: CancelKey,
@@ -37,6 +40,7 @@ impl ServerConnection {
         ServerConnection {
             stream,
             id,
+            settings: startup_params.clone(),
             startup_params,
             server_params: login.params,
             key: login.key,
@@ -65,6 +69,16 @@ impl ServerConnection {
         &self.startup_params
     }
 
+    /// The client settings the session carries now (see the field).
+    pub fn settings(&self) -> &StartupParams {
+        &self.settings
+    }
+
+    /// Records that the session now carries `settings`.
+    pub fn set_settings(&mut self, settings: StartupParams) {
+        self.settings = settings;
+    }
+
     /// Current ParameterStatus values, in the order the server first reported them.
     pub fn server_params(&self) -> &[(String, String)] {
         &self.server_params
@@ -85,13 +99,27 @@ impl ServerConnection {
     /// ReadyForQuery that follows it, so the connection stays usable; an I/O error means it is
     /// not.
     pub async fn simple_query(&mut self, sql: &str) -> Result<Result<Option<String>, ErrorFields>, ConnectError> {
+        let mut outcomes = self.simple_queries(&[sql]).await?;
+        Ok(outcomes.remove(0))
+    }
+
+    /// Sends each of `statements` as its own simple query, all in one write, and reads one
+    /// outcome per query as [`Self::simple_query`] does: a round trip for the lot, while each
+    /// still runs outside any transaction block the others would open.
+    pub async fn simple_queries(
+        &mut self,
+        statements: &[&str],
+    ) -> Result<Vec<Result<Option<String>, ErrorFields>>, ConnectError> {
         let mut buf = BytesMut::new();
-        postgres_protocol::message::frontend::query(sql, &mut buf)?;
+        for sql in statements {
+            postgres_protocol::message::frontend::query(sql, &mut buf)?;
+        }
         self.stream.write_all(&buf).await?;
         self.stream.flush().await?;
         let mut inbound = std::mem::take(&mut self.leftover);
+        let mut outcomes = Vec::with_capacity(statements.len());
         let mut outcome = Ok(None);
-        loop {
+        while outcomes.len() < statements.len() {
             let (tag, body) = read_message(&mut self.stream, &mut inbound).await?;
             match tag {
                 b'S' => {
@@ -102,13 +130,12 @@ impl ServerConnection {
                 }
                 b'E' => outcome = Err(ErrorFields::parse(&body)),
                 b'D' if matches!(outcome, Ok(None)) => outcome = Ok(first_column(&body)),
-                b'Z' => {
-                    self.leftover = inbound;
-                    return Ok(outcome);
-                }
+                b'Z' => outcomes.push(std::mem::replace(&mut outcome, Ok(None))),
                 _ => {}
             }
         }
+        self.leftover = inbound;
+        Ok(outcomes)
     }
 
     fn set_server_param(&mut self, name: String, value: String) {
