@@ -89,7 +89,7 @@ pub fn upstream_retired(target: &str, reason: &'static str) {
     counter!("lakebase_proxy_upstream_retired_total", "target" => target.to_owned(), "reason" => reason).increment(1);
 }
 
-/// A client got an upstream connection: `exact` (idle, with its settings), `adjusted` (idle,
+/// A client got an upstream connection: `exact` (idle, no round trip needed), `adjusted` (idle,
 /// after a round trip of SETs) or `opened` (a new login).
 pub fn checkout(target: &str, kind: &'static str) {
     counter!("lakebase_proxy_checkouts_total", "target" => target.to_owned(), "kind" => kind).increment(1);

@@ -151,8 +151,8 @@ impl Pool {
                 }
                 Take::Adjust(mut pooled) => {
                     match apply_params(&mut pooled.connection, params).await {
-                        Ok(()) => {
-                            self.count_checkout(CheckoutKind::Adjusted);
+                        Ok(round_trip) => {
+                            self.count_checkout(if round_trip { CheckoutKind::Adjusted } else { CheckoutKind::Exact });
                             return Ok(self.lease(pooled));
                         }
                         Err(reason) => {
@@ -286,8 +286,9 @@ fn is_subset(opened_with: &StartupParams, wanted: &StartupParams) -> bool {
 
 /// Brings a connection opened with a subset of `wanted` to the client's settings with one
 /// round trip: SET what differs, RESET what an earlier client set and this one did not ask
-/// for. Values the server already reports as wanted are skipped.
-async fn apply_params(connection: &mut ServerConnection, wanted: &StartupParams) -> Result<(), String> {
+/// for. Values the server already reports as wanted are skipped. Says whether that took a
+/// round trip.
+async fn apply_params(connection: &mut ServerConnection, wanted: &StartupParams) -> Result<bool, String> {
     let mut sql = String::new();
     for (name, value) in wanted.iter() {
         let already = connection.settings().get(name) == Some(value)
@@ -299,7 +300,8 @@ async fn apply_params(connection: &mut ServerConnection, wanted: &StartupParams)
     for (name, _) in connection.settings().iter().filter(|(name, _)| wanted.get(name).is_none()) {
         sql.push_str(&format!("RESET {};", quote_identifier(name)));
     }
-    if !sql.is_empty() {
+    let round_trip = !sql.is_empty();
+    if round_trip {
         match connection.simple_query(&sql).await {
             Ok(Ok(_)) => {}
             Ok(Err(fields)) => return Err(fields.to_string()),
@@ -307,7 +309,7 @@ async fn apply_params(connection: &mut ServerConnection, wanted: &StartupParams)
         }
     }
     connection.set_settings(wanted.clone());
-    Ok(())
+    Ok(round_trip)
 }
 
 /// The SETs that give a session just reset to its startup parameters the settings it carried

@@ -124,7 +124,8 @@ pub struct Pool {
 /// How a checkout found its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckoutKind {
-    /// An idle connection already carrying the client's settings: no round trip.
+    /// An idle connection that already carries the client's settings (or whose server already
+    /// reports them): no round trip.
     Exact,
     /// An idle connection brought to the client's settings with one round trip.
     Adjusted,
