@@ -99,10 +99,19 @@ fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runti
 }
 
 fn check_config(args: ProxyArgs) -> ExitCode {
+    // Settings of the process rather than of the proxy's configuration (not reloadable).
+    let log_format = match args.log_format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    let process = format!(
+        "log_format = {log_format}\nlog_level = {}\nworker_threads = {}\n",
+        args.log_level, args.worker_threads
+    );
     match args.into_config() {
         Ok(config) => {
             let text: String = config.describe().iter().map(|(key, value)| format!("{key} = {value}\n")).collect();
-            print_out(&text);
+            print_out(&(text + &process));
             ExitCode::SUCCESS
         }
         Err(error) => {

@@ -305,7 +305,7 @@ fn check_config_prints_effective_settings_or_the_broken_line() {
     let file = dir.path().join("proxy.toml");
     std::fs::write(
         &file,
-        "idle_timeout = \"90s\"\nlazy_attach = true\n\n[[target]]\nname = \"projects/app\"\nport = 7000\n",
+        "idle_timeout = \"90s\"\nlazy_attach = true\nworker_threads = 4\n\n[[target]]\nname = \"projects/app\"\nport = 7000\n",
     )
     .unwrap();
     let run = |extra: &[&str]| {
@@ -314,6 +314,8 @@ fn check_config_prints_effective_settings_or_the_broken_line() {
             .arg(format!("--config={}", file.display()))
             .args(extra)
             .env_remove("LAKEBASE_PROXY_IDLE_TIMEOUT")
+            .env_remove("LAKEBASE_PROXY_LOG_LEVEL")
+            .env_remove("LAKEBASE_PROXY_WORKER_THREADS")
             .env("LAKEBASE_PROXY_MAX_POOL_SIZE", "9")
             .output()
             .unwrap()
@@ -326,6 +328,8 @@ fn check_config_prints_effective_settings_or_the_broken_line() {
         "lazy_attach = true",
         "max_pool_size = 9",
         "target.0 = projects/app (listens on port 7000)",
+        "worker_threads = 4",
+        "log_level = info",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
