@@ -54,8 +54,14 @@ fn sum(samples: &HashMap<String, f64>, name: &str, label: &str) -> f64 {
 }
 
 fn psql(port: u16, sql: &str) -> String {
+    psql_at(port, "", sql)
+}
+
+/// `psql -c sql` against `database` (the target's own when empty) through the proxy's port.
+fn psql_at(port: u16, database: &str, sql: &str) -> String {
     let output = Command::new("psql")
         .args(["-X", "-At", "-h", "127.0.0.1", "-p", &port.to_string(), "-c", sql])
+        .args((!database.is_empty()).then(|| format!("--dbname={database}")))
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -250,6 +256,17 @@ fn sighup_adds_and_removes_targets_under_load_without_failures() {
     let load = std::thread::spawn(move || {
         Command::new("pgbench").args(["-c", "4", "-j", "2", "-T", "8", "-n", &bench_target]).output().unwrap()
     });
+    // All four pgbench clients must be in before their target goes away below (on a loaded
+    // machine their logins can take a while): count them in the admin console.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let clients = psql_at(first_port, "lakebase_proxy", "SHOW CLIENTS");
+        if clients.lines().filter(|row| row.split('|').nth(5) == Some("active")).count() >= 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pgbench's clients never all attached: {clients}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // Add a second target.
     let second_port = free_port();
