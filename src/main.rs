@@ -82,7 +82,6 @@ fn main() -> ExitCode {
     })
 }
 
-/// `check-config`: the effective settings, or why there are none.
 /// One thread: a current-thread runtime (tasks, timers and I/O on a single event loop, with
 /// blocking work such as DNS on tokio's blocking pool). More: a work-stealing runtime.
 fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
@@ -98,6 +97,7 @@ fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runti
     builder.enable_all().build()
 }
 
+/// `check-config`: the effective settings, or why there are none.
 fn check_config(args: ProxyArgs) -> ExitCode {
     // Settings of the process rather than of the proxy's configuration (not reloadable).
     let log_format = match args.log_format {

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::ops::metrics;
 pub use checkout::{CheckoutError, Lease};
 
 use crate::credentials::{BoxFuture, CredentialCache};
+use crate::ops::metrics;
 use crate::upstream::{Endpoint, ServerConnection};
 
 /// Pool limits and lifetimes, shared by all pools of a target.
