@@ -51,7 +51,35 @@ pub struct RunningProxy {
     shared: Shared,
     targets: Vec<RunningTarget>,
     config: Config,
-    background_tasks: Vec<JoinHandle<()>>,
+    credentials: Vec<CredentialGroup>,
+}
+
+/// Credential caches resolved together (at start, or for the targets one reload added) with
+/// their background refreshers; stopped once none of those targets is served any more.
+struct CredentialGroup {
+    /// The targets that use them, by [`target_key`].
+    targets: Vec<(TargetSpec, u16)>,
+    caches: Vec<Arc<CredentialCache>>,
+    refreshers: Vec<JoinHandle<()>>,
+}
+
+impl CredentialGroup {
+    fn start(targets: Vec<(TargetSpec, u16)>, caches: Vec<Arc<CredentialCache>>) -> CredentialGroup {
+        let refreshers = caches.iter().map(|cache| cache.spawn_refresher()).collect();
+        CredentialGroup { targets, caches, refreshers }
+    }
+
+    fn stop(&self) {
+        for refresher in &self.refreshers {
+            refresher.abort();
+        }
+    }
+}
+
+/// What makes a target the same one across a reload: its upstream (pool settings aside) and
+/// its local port.
+fn target_key(spec: &TargetSpec, port: u16) -> (TargetSpec, u16) {
+    (identity(spec), port)
 }
 
 /// What the sessions of every target share.
@@ -113,10 +141,11 @@ impl RunningProxy {
         for (index, (spec, target)) in config.targets.iter().zip(resolved.targets).enumerate() {
             prepared.push(shared.prepare(&config, spec.clone(), config.listen_port(index), target).await?);
         }
-        let targets = prepared.into_iter().map(|target| shared.launch(target)).collect();
-        let background_tasks = resolved.caches.iter().map(|cache| cache.spawn_refresher()).collect();
-        let proxy = RunningProxy { shared, targets, config, background_tasks };
-        proxy.shared.view.update(proxy.target_views(), resolved.caches, proxy.config.describe());
+        let targets: Vec<RunningTarget> = prepared.into_iter().map(|target| shared.launch(target)).collect();
+        let keys = targets.iter().map(|t| target_key(&t.info.spec, t.info.listen_port)).collect();
+        let credentials = vec![CredentialGroup::start(keys, resolved.caches)];
+        let proxy = RunningProxy { shared, targets, config, credentials };
+        proxy.update_view();
         Ok(proxy)
     }
 
@@ -132,16 +161,16 @@ impl RunningProxy {
             .targets
             .iter()
             .enumerate()
-            .map(|(i, spec)| ((identity(spec), config.listen_port(i)), spec.clone()))
+            .map(|(i, spec)| (target_key(spec, config.listen_port(i)), spec.clone()))
             .collect();
         let new_spec = |target: &RunningTarget| {
-            let key = (identity(&target.info.spec), target.info.listen_port);
+            let key = target_key(&target.info.spec, target.info.listen_port);
             wanted.iter().find(|(k, _)| *k == key).map(|(_, spec)| spec.clone())
         };
         let is_kept = |target: &RunningTarget| new_spec(target).is_some();
         let added: Vec<(TargetSpec, u16)> = wanted
             .iter()
-            .filter(|(key, _)| !self.targets.iter().any(|t| (identity(&t.info.spec), t.info.listen_port) == *key))
+            .filter(|(key, _)| !self.targets.iter().any(|t| target_key(&t.info.spec, t.info.listen_port) == *key))
             .map(|((_, port), spec)| (spec.clone(), *port))
             .collect();
 
@@ -149,6 +178,7 @@ impl RunningProxy {
         let mut only_added = config.clone();
         only_added.targets = added.iter().map(|(spec, _)| spec.clone()).collect();
         let resolved = resolve_targets(&only_added).await.map_err(Box::new)?;
+        let added_keys: Vec<(TargetSpec, u16)> = added.iter().map(|(spec, port)| target_key(spec, *port)).collect();
         let mut prepared = Vec::new();
         for ((spec, port), target) in added.into_iter().zip(resolved.targets) {
             prepared.push(self.shared.prepare(&config, spec, port, target).await?);
@@ -175,12 +205,29 @@ impl RunningProxy {
             notes.push(format!("added {} on {}", target.info.origin, target.info.tcp_address));
             self.targets.push(self.shared.launch(target));
         }
-        self.background_tasks.extend(resolved.caches.iter().map(|cache| cache.spawn_refresher()));
-        let mut caches = self.shared.view.caches();
-        caches.extend(resolved.caches);
+        // Credentials only removed targets used are no longer kept fresh (a session of a
+        // removed target that still needs one fetches it on demand).
+        let served: Vec<(TargetSpec, u16)> =
+            self.targets.iter().map(|t| target_key(&t.info.spec, t.info.listen_port)).collect();
+        self.credentials.retain(|group| {
+            let in_use = group.targets.iter().any(|key| served.contains(key));
+            if !in_use {
+                group.stop();
+            }
+            in_use
+        });
+        // (A reload that adds nothing still resolves a password cache; it is never started.)
+        if !added_keys.is_empty() {
+            self.credentials.push(CredentialGroup::start(added_keys, resolved.caches));
+        }
         self.config = config;
-        self.shared.view.update(self.target_views(), caches, self.config.describe());
+        self.update_view();
         Ok(notes)
+    }
+
+    fn update_view(&self) {
+        let caches = self.credentials.iter().flat_map(|group| group.caches.iter().cloned()).collect();
+        self.shared.view.update(self.target_views(), caches, self.config.describe());
     }
 
     fn target_views(&self) -> Vec<TargetView> {
@@ -233,8 +280,8 @@ impl RunningProxy {
         if tokio::time::timeout_at(deadline + SHUTDOWN_MARGIN, sessions.wait()).await.is_err() {
             warn!(remaining = sessions.len(), "sessions still open at the shutdown deadline");
         }
-        for task in self.background_tasks {
-            task.abort();
+        for group in &self.credentials {
+            group.stop();
         }
     }
 }

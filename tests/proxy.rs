@@ -442,6 +442,38 @@ async fn a_returning_application_gets_its_settings_without_a_round_trip() {
     proxy.stop().await;
 }
 
+/// Reloads keep refreshing only the credentials of targets still served: removing a target
+/// stops its password cache, and a reload that adds nothing starts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_keep_only_the_credentials_of_served_targets() {
+    let pg = PgServer::shared();
+    let config_for = |users: &[&str]| {
+        let targets = users
+            .iter()
+            .map(|user| {
+                format!("postgresql://{user}@localhost:{}/{APP_DB}?sslrootcert={}", pg.port(), pg.ca_path().display())
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let mut config = Config::new(targets);
+        config.port = 0;
+        config.password = PasswordSource::File(pg.password_file());
+        config
+    };
+    let mut proxy = RunningProxy::start(config_for(&[SCRAM_USER])).await.unwrap();
+    assert_eq!(proxy.view().caches().len(), 1);
+    proxy.reload(config_for(&[SCRAM_USER])).await.unwrap();
+    assert_eq!(proxy.view().caches().len(), 1, "a reload that adds nothing starts nothing");
+    proxy.reload(config_for(&[SCRAM_USER, MD5_USER])).await.unwrap();
+    assert_eq!(proxy.view().caches().len(), 2, "the added target's password cache");
+    proxy.reload(config_for(&[SCRAM_USER])).await.unwrap();
+    assert_eq!(proxy.view().caches().len(), 1, "the removed target's cache is dropped");
+    let client = connect(&proxy).await;
+    assert_eq!(client.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    proxy.stop().await;
+}
+
 /// Reads one tagged message.
 async fn read_tag(stream: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
     let tag = stream.read_u8().await.unwrap();
