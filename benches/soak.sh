@@ -55,8 +55,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$TARGET_DIR/release"
 
-log() { printf '\n== %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=benches/common.sh
+source "$ROOT/benches/common.sh"
 
 # DURATION in seconds: pgbench -T takes seconds.
 case "$DURATION" in
@@ -67,28 +67,8 @@ case "$DURATION" in
 esac
 (( SECONDS_TOTAL > 0 )) || die "DURATION must be positive (got '$DURATION')"
 
-# The caller's libpq settings (PGHOST, PGUSER, PGSSLMODE, a ~/.pgpass ...) would silently
-# change what is measured, so none of them reach the clients below.
-while read -r name; do unset "$name"; done < <(compgen -e | grep '^PG' || true)
-export PGPASSFILE=/nonexistent/lakebase-soak-pgpass PGCONNECT_TIMEOUT=10
-
-# --- PostgreSQL binaries (Debian's pg_config may belong to another major than the server) --
-PG_BIN=""
-for dir in "$(pg_config --bindir 2>/dev/null || true)" $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -rV); do
-    if [[ -n "$dir" && -x "$dir/initdb" && -x "$dir/postgres" ]]; then PG_BIN="$dir"; break; fi
-done
-[[ -n "$PG_BIN" ]] || die "no PostgreSQL server binaries (initdb) found via pg_config or /usr/lib/postgresql/*/bin"
-PGBENCH="$PG_BIN/pgbench"; [[ -x "$PGBENCH" ]] || PGBENCH="$(command -v pgbench)" || die "pgbench not found"
-PSQL="$PG_BIN/psql"; [[ -x "$PSQL" ]] || PSQL="$(command -v psql)" || die "psql not found"
-PG_ISREADY="$PG_BIN/pg_isready"; [[ -x "$PG_ISREADY" ]] || PG_ISREADY="$(command -v pg_isready)"
-
-# PostgreSQL refuses to run as root: run it as `postgres` then.
-if [[ "$(id -u)" == 0 ]]; then
-    id postgres >/dev/null 2>&1 || die "running as root but there is no 'postgres' user to run the server"
-    as_pg() { runuser -u postgres -- "$@"; }
-else
-    as_pg() { "$@"; }
-fi
+scrub_pg_env
+find_postgres
 
 # --- Cleanup: only what this script started, by PID --------------------------------------
 WORK=""
@@ -98,15 +78,6 @@ PROXY_PID=""
 LOGIN_LOOP_PID=""
 SAMPLER_PID=""
 PGBENCH_PID=""
-stop_pid() {
-    local pid="$1"
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill "$pid" 2>/dev/null || true
-    # Give it a moment to drain, then insist: nothing started here may outlive the run.
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     local status=$?
     set +e
@@ -129,22 +100,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# A port nobody uses, drawn from below the kernel's ephemeral range (a port in that range can
-# be the local end of some client connection, which a connect probe does not see).
-free_port() {
-    local low high port
-    read -r low high < /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || { low=32768; high=60999; }
-    for _ in $(seq 100); do
-        if ((low > 11000)); then port=$((10000 + RANDOM % (low - 10000))); else port=$((high + 1 + RANDOM % (65535 - high))); fi
-        if command -v ss >/dev/null; then
-            [[ -z "$(ss -Htan "( sport = :$port )" 2>/dev/null)" ]] && { echo "$port"; return 0; }
-        elif ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"; return 0
-        fi
-    done
-    return 1
-}
 
 proxy_alive() { kill -0 "$PROXY_PID" 2>/dev/null; }
 
