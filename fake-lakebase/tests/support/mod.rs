@@ -1,4 +1,4 @@
-//! A throwaway PostgreSQL for the gateway tests (trimmed from the main crate's
+//! A throwaway PostgreSQL for the gateway tests (a trimmed cousin of the main crate's
 //! tests/support): unix socket only, `local all all trust`, and the roles and
 //! database a Lakebase project has. Stopped and deleted when the test process
 //! exits, however it exits.
@@ -6,6 +6,9 @@
 
 pub mod http;
 pub mod pgwire;
+
+pub use test_support::pg_bin;
+use test_support::{POSTGRES_WRAPPER, as_postgres, is_root, run_checked, superuser_psql};
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -19,75 +22,6 @@ use std::time::{Duration, Instant};
 pub const ALICE: &str = "alice@example.com";
 /// A second user role, for tokens presented under the wrong role.
 pub const BOB: &str = "bob@example.com";
-
-fn is_root() -> bool {
-    static ROOT: OnceLock<bool> = OnceLock::new();
-    *ROOT.get_or_init(|| {
-        let out = Command::new("id").arg("-u").output().expect("run `id -u`");
-        String::from_utf8_lossy(&out.stdout).trim() == "0"
-    })
-}
-
-/// Path of a PostgreSQL binary (`psql`, `pg_isready`, ...) matching the server.
-pub fn pg_bin(name: &str) -> PathBuf {
-    pg_bindir().join(name)
-}
-
-fn pg_bindir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let find = || {
-        let out = Command::new("pg_config").arg("--bindir").output().ok();
-        let dir = out.map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-        if let Some(dir) = dir.filter(|d| d.join("postgres").exists()) {
-            return dir;
-        }
-        // pg_config may belong to a client-only package: take the newest server.
-        let entries = fs::read_dir("/usr/lib/postgresql").into_iter().flatten();
-        let version = |e: &fs::DirEntry| e.file_name().to_str()?.parse::<u32>().ok();
-        let servers = entries.flatten().filter_map(|e| Some((version(&e)?, e.path().join("bin"))));
-        let newest = servers.filter(|(_, p)| p.join("postgres").exists()).max();
-        newest.expect("no PostgreSQL server binaries found").1
-    };
-    DIR.get_or_init(find).clone()
-}
-
-/// A command for a PostgreSQL binary, run as `postgres` when we are root
-/// because the server (and initdb) refuse to run as root.
-fn as_postgres(program: &Path) -> Command {
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-fn run_checked(mut cmd: Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-// The wrapper ties postgres' lifetime to our stdin pipe: when the test process
-// exits (even by SIGKILL) the pipe closes, `read` returns, postgres gets a fast
-// shutdown and the server's dir `$4` is removed. The bounded poll avoids
-// hanging on a zombie in init-less containers.
-const WRAPPER: &str = r#"exec 3<&0 </dev/null
-"$1" -D "$2" -p "$3" 3<&- & pid=$!
-{
-  read _ <&3
-  kill -INT "$pid" 2>/dev/null
-  i=0
-  while [ $i -lt 300 ] && kill -0 "$pid" 2>/dev/null; do sleep 0.1; i=$((i+1)); done
-  rm -rf "$4"
-} &
-wait "$pid""#;
 
 const SETUP_SQL: &str = r#"
 CREATE ROLE "alice@example.com" LOGIN;
@@ -129,7 +63,7 @@ impl PgServer {
             run_checked(c, "chown");
         }
         let data = base.join("data");
-        let mut initdb = as_postgres(&pg_bindir().join("initdb"));
+        let mut initdb = as_postgres(&pg_bin("initdb"));
         let args = "-U postgres -A trust -E UTF8 --locale=C --no-sync -D";
         initdb.args(args.split(' ')).arg(&data);
         run_checked(initdb, "initdb");
@@ -151,9 +85,9 @@ impl PgServer {
             OpenOptions::new().create(true).append(true).open(base.join("postgres.log")).expect("open server log");
         let mut cmd = as_postgres(Path::new("sh"));
         cmd.arg("-c")
-            .arg(WRAPPER)
+            .arg(POSTGRES_WRAPPER)
             .arg("sh")
-            .arg(pg_bindir().join("postgres"))
+            .arg(pg_bin("postgres"))
             .arg(&data)
             .arg(port.to_string())
             .arg(&base)
@@ -198,24 +132,6 @@ impl PgServer {
     /// Runs `sql` as the `postgres` superuser over the unix socket; panics
     /// with stderr on failure and returns the trimmed, tuples-only stdout.
     pub fn superuser_sql(&self, sql: &str) -> String {
-        let mut cmd = as_postgres(&pg_bindir().join("psql"));
-        let args = "-X -A -t -q -v ON_ERROR_STOP=1 -U postgres -d postgres -f - -p";
-        cmd.args(args.split(' '))
-            .arg(self.port.to_string())
-            .arg("-h")
-            .arg(&self.socket_dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn psql");
-        let _ = child.stdin.take().unwrap().write_all(sql.as_bytes());
-        let out = child.wait_with_output().expect("wait for psql");
-        assert!(
-            out.status.success(),
-            "superuser SQL failed ({}):\n{sql}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        superuser_psql(self.port, &self.socket_dir, sql)
     }
 }
