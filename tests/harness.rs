@@ -21,7 +21,7 @@ fn psql(server: &PgServer, conn: &str, password: &str, sql: &str) -> Output {
         server.port(),
         server.ca_path().display()
     );
-    Command::new(support::pg_bin("psql"))
+    Command::new(test_support::pg_bin("psql"))
         .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", &conn, "-c", sql])
         .env("PGPASSWORD", password)
         .output()

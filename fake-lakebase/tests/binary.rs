@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::http::client_with_ca;
-use support::{ALICE, PgServer, pg_bin};
+use support::{ALICE, PgServer};
+use test_support::pg_bin;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,10 +3,10 @@
 //! as `postgres` when the tests run as root, and a shell wrapper that stops the server when the
 //! test process goes away.
 
-use std::fs;
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 /// Whether the tests run as root (PostgreSQL then runs as `postgres`).
@@ -64,6 +64,57 @@ pub fn run_checked(mut cmd: Command, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Creates a cluster in `base/data` (superuser `postgres`, trust, UTF8, C locale), appends
+/// `conf` to its postgresql.conf and replaces its pg_hba.conf with `hba`. Everything under
+/// `base` is handed to `postgres` first when we are root.
+pub fn init_cluster(base: &Path, conf: &str, hba: &str) -> PathBuf {
+    if is_root() {
+        let mut c = Command::new("chown");
+        c.args(["-R", "postgres:postgres"]).arg(base);
+        run_checked(c, "chown");
+    }
+    let data = base.join("data");
+    let mut initdb = as_postgres(&pg_bin("initdb"));
+    let args = "-U postgres -A trust -E UTF8 --locale=C --no-sync -D";
+    initdb.args(args.split(' ')).arg(&data);
+    run_checked(initdb, "initdb");
+    let f = OpenOptions::new().append(true).open(data.join("postgresql.conf"));
+    f.and_then(|mut f| f.write_all(conf.as_bytes())).expect("append postgresql.conf");
+    fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+    data
+}
+
+/// Starts the cluster in `base/data` on `port` under [`POSTGRES_WRAPPER`] (which removes
+/// `base` once the test process is gone), logging to `base/postgres.log`.
+pub fn spawn_postgres(base: &Path, port: u16) -> Child {
+    let log = base.join("postgres.log");
+    let log = OpenOptions::new().create(true).append(true).open(log).expect("open server log");
+    let mut cmd = as_postgres(Path::new("sh"));
+    cmd.arg("-c")
+        .arg(POSTGRES_WRAPPER)
+        .arg("sh")
+        .arg(pg_bin("postgres"))
+        .arg(base.join("data"))
+        .arg(port.to_string())
+        .arg(base)
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log);
+    cmd.spawn().expect("spawn postgres wrapper")
+}
+
+/// Whether the server on `port` accepts connections on its unix socket in `socket_dir`.
+pub fn pg_isready(port: u16, socket_dir: &Path) -> bool {
+    Command::new(pg_bin("pg_isready"))
+        .args("-q -U postgres -d postgres -p".split(' '))
+        .arg(port.to_string())
+        .arg("-h")
+        .arg(socket_dir)
+        .status()
+        .expect("run pg_isready")
+        .success()
 }
 
 /// Runs `sql` (a psql script, may contain `\connect`) as the `postgres` superuser over the

@@ -8,7 +8,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 pub mod binary;
 pub mod lakebase;
 
-pub use test_support::pg_bin;
-use test_support::{POSTGRES_WRAPPER, as_postgres, is_root, run_checked, superuser_psql};
+use test_support::{init_cluster, pg_isready, spawn_postgres, superuser_psql};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -182,17 +181,6 @@ impl PgServer {
         let (cert, key) = pki.leaf(&["localhost", "127.0.0.1"]);
         let socket_dir = base.join("sock");
         fs::create_dir(&socket_dir).expect("create socket dir");
-        if is_root() {
-            let mut c = Command::new("chown");
-            c.args(["-R", "postgres:postgres"]).arg(&base);
-            run_checked(c, "chown");
-        }
-        let data = base.join("data");
-        let mut initdb = as_postgres(&pg_bin("initdb"));
-        let args = "-U postgres -A trust -E UTF8 --locale=C --no-sync -D";
-        initdb.args(args.split(' ')).arg(&data);
-        run_checked(initdb, "initdb");
-
         let conf = format!(
             "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nssl = on\n\
              ssl_cert_file = '{}'\nssl_key_file = '{}'\nmax_connections = 400\n\
@@ -202,18 +190,13 @@ impl PgServer {
             cert.display(),
             key.display()
         );
-        let f = OpenOptions::new().append(true).open(data.join("postgresql.conf"));
-        f.and_then(|mut f| f.write_all(conf.as_bytes())).expect("append postgresql.conf");
         // First match wins, so the per-user methods must precede the catch-all.
-        fs::write(
-            data.join("pg_hba.conf"),
-            "local   all  all                      trust\n\
-             hostssl all  clear_user  127.0.0.1/32 password\n\
-             hostssl all  md5_user    127.0.0.1/32 md5\n\
-             hostssl all  all         127.0.0.1/32 scram-sha-256\n\
-             host    all  all         127.0.0.1/32 reject\n",
-        )
-        .expect("write pg_hba.conf");
+        let hba = "local   all  all                      trust\n\
+                   hostssl all  clear_user  127.0.0.1/32 password\n\
+                   hostssl all  md5_user    127.0.0.1/32 md5\n\
+                   hostssl all  all         127.0.0.1/32 scram-sha-256\n\
+                   host    all  all         127.0.0.1/32 reject\n";
+        init_cluster(&base, &conf, hba);
 
         let password_file = base.join("password");
         write_private(&password_file, format!("{PASSWORD}\n").as_bytes());
@@ -238,7 +221,7 @@ impl PgServer {
         // may grab it in between: retry with a new one.
         for attempt in 1.. {
             server.port = free_port();
-            let child = server.spawn();
+            let child = spawn_postgres(&server.base, server.port);
             match server.wait_ready(child) {
                 Ok(child) => {
                     *server.child.get_mut().unwrap() = Some(child);
@@ -263,34 +246,11 @@ impl PgServer {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    fn spawn(&self) -> Child {
-        let log = OpenOptions::new().create(true).append(true).open(self.log_path()).expect("open server log");
-        let mut cmd = as_postgres(Path::new("sh"));
-        cmd.arg("-c")
-            .arg(POSTGRES_WRAPPER)
-            .arg("sh")
-            .arg(pg_bin("postgres"))
-            .arg(self.base.join("data"))
-            .arg(self.port.to_string())
-            .arg(&self.base)
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log);
-        cmd.spawn().expect("spawn postgres wrapper")
-    }
-
     /// Polls `pg_isready` (bounded); if postgres exits instead, returns the log tail.
     fn wait_ready(&self, mut child: Child) -> Result<Child, String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ready = Command::new(pg_bin("pg_isready"))
-                .args("-q -U postgres -d postgres -p".split(' '))
-                .arg(self.port.to_string())
-                .arg("-h")
-                .arg(&self.socket_dir)
-                .status()
-                .expect("run pg_isready");
-            if ready.success() {
+            if pg_isready(self.port, &self.socket_dir) {
                 return Ok(child);
             }
             let exited = matches!(child.try_wait(), Ok(Some(_)));
@@ -350,7 +310,7 @@ impl PgServer {
         if let Some(mut child) = guard.take() {
             Self::shut_down(&mut child, true);
         }
-        let child = self.spawn();
+        let child = spawn_postgres(&self.base, self.port);
         *guard = Some(
             self.wait_ready(child)
                 .unwrap_or_else(|log| panic!("postgres failed to restart on port {}:\n{log}", self.port)),

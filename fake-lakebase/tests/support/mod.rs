@@ -7,14 +7,12 @@
 pub mod http;
 pub mod pgwire;
 
-pub use test_support::pg_bin;
-use test_support::{POSTGRES_WRAPPER, as_postgres, is_root, run_checked, superuser_psql};
+use test_support::{init_cluster, pg_isready, spawn_postgres, superuser_psql};
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -57,16 +55,6 @@ impl PgServer {
         fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).expect("chmod base");
         let socket_dir = base.join("sock");
         fs::create_dir(&socket_dir).expect("create socket dir");
-        if is_root() {
-            let mut c = Command::new("chown");
-            c.args(["-R", "postgres:postgres"]).arg(&base);
-            run_checked(c, "chown");
-        }
-        let data = base.join("data");
-        let mut initdb = as_postgres(&pg_bin("initdb"));
-        let args = "-U postgres -A trust -E UTF8 --locale=C --no-sync -D";
-        initdb.args(args.split(' ')).arg(&data);
-        run_checked(initdb, "initdb");
 
         // No TCP at all: the gateway (like every client here) uses the socket,
         // so no port can collide; the port only names the socket file.
@@ -76,35 +64,13 @@ impl PgServer {
              shared_buffers = 32MB\nlog_min_messages = warning\n",
             socket_dir.display(),
         );
-        let f = OpenOptions::new().append(true).open(data.join("postgresql.conf"));
-        f.and_then(|mut f| f.write_all(conf.as_bytes())).expect("append postgresql.conf");
-        fs::write(data.join("pg_hba.conf"), "local all all trust\n").expect("write pg_hba.conf");
+        init_cluster(&base, &conf, "local all all trust\n");
 
         let port = 5432;
-        let log =
-            OpenOptions::new().create(true).append(true).open(base.join("postgres.log")).expect("open server log");
-        let mut cmd = as_postgres(Path::new("sh"));
-        cmd.arg("-c")
-            .arg(POSTGRES_WRAPPER)
-            .arg("sh")
-            .arg(pg_bin("postgres"))
-            .arg(&data)
-            .arg(port.to_string())
-            .arg(&base)
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log);
-        let mut child = cmd.spawn().expect("spawn postgres wrapper");
+        let mut child = spawn_postgres(&base, port);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ready = Command::new(pg_bin("pg_isready"))
-                .args("-q -U postgres -d postgres -p".split(' '))
-                .arg(port.to_string())
-                .arg("-h")
-                .arg(&socket_dir)
-                .status()
-                .expect("run pg_isready");
-            if ready.success() {
+            if pg_isready(port, &socket_dir) {
                 break;
             }
             let exited = matches!(child.try_wait(), Ok(Some(_)));
