@@ -1,7 +1,8 @@
 //! What the workspace's test harnesses (`tests/support` of lakebase-proxy and of
 //! fake-lakebase) share for running a throwaway PostgreSQL: finding its binaries, running them
-//! as `postgres` when the tests run as root, and a shell wrapper that stops the server when the
-//! test process goes away.
+//! as `postgres` when the tests run as root, creating a cluster, starting it under a shell
+//! wrapper that stops it when the test process goes away, waiting for it, and running
+//! superuser SQL. Each harness keeps its own configuration, roles and lifecycle.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
