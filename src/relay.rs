@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
 use crate::protocol::frame::{FrameHeader, HEADER_LEN, MAX_BUFFERED_MESSAGE};
+use crate::protocol::{TransactionStatus, backend, frontend};
 
 /// Free space below which a read buffer grows before the next read.
 const MIN_READ_SPACE: usize = 4 * 1024;
@@ -33,13 +34,13 @@ pub struct SessionState {
     pub awaiting_ready: u32,
     /// Extended-protocol messages were sent after the last Sync.
     pub unsynced: bool,
-    /// Status byte of the last ReadyForQuery: `I` idle, `T` in a transaction, `E` failed one.
-    pub transaction_status: u8,
+    /// Transaction status of the last ReadyForQuery.
+    pub transaction_status: TransactionStatus,
     /// The client sent at least one message.
     pub used: bool,
     /// ReadyForQuery messages seen: query round trips.
     pub round_trips: u64,
-    /// Type of the last message the upstream sent; `E` before a close means the server
+    /// Type of the last message the upstream sent; an ErrorResponse before a close means the server
     /// explained itself (a FATAL) and the client needs no further word.
     pub last_upstream_message: u8,
 }
@@ -49,7 +50,7 @@ impl Default for SessionState {
         SessionState {
             awaiting_ready: 0,
             unsynced: false,
-            transaction_status: b'I',
+            transaction_status: TransactionStatus::Idle,
             used: false,
             last_upstream_message: 0,
             round_trips: 0,
@@ -60,18 +61,23 @@ impl Default for SessionState {
 impl SessionState {
     /// True when the upstream is idle outside any transaction with nothing in flight.
     pub fn is_idle(&self) -> bool {
-        self.awaiting_ready == 0 && !self.unsynced && self.transaction_status == b'I'
+        self.awaiting_ready == 0 && !self.unsynced && self.transaction_status == TransactionStatus::Idle
     }
 
     fn client_message(&mut self, tag: u8) -> Flow {
         match tag {
-            b'X' => return Flow::Stop,
-            b'Q' | b'F' => self.awaiting_ready += 1,
-            b'S' => {
+            frontend::TERMINATE => return Flow::Stop,
+            frontend::QUERY | frontend::FUNCTION_CALL => self.awaiting_ready += 1,
+            frontend::SYNC => {
                 self.awaiting_ready += 1;
                 self.unsynced = false;
             }
-            b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => self.unsynced = true,
+            frontend::PARSE
+            | frontend::BIND
+            | frontend::EXECUTE
+            | frontend::DESCRIBE
+            | frontend::CLOSE
+            | frontend::FLUSH => self.unsynced = true,
             _ => {}
         }
         self.used = true;
@@ -80,10 +86,10 @@ impl SessionState {
 
     fn server_message(&mut self, tag: u8, body: &[u8]) -> Flow {
         self.last_upstream_message = tag;
-        if tag == b'Z' {
+        if tag == backend::READY_FOR_QUERY {
             self.round_trips += 1;
             self.awaiting_ready = self.awaiting_ready.saturating_sub(1);
-            self.transaction_status = body.first().copied().unwrap_or(b'E');
+            self.transaction_status = TransactionStatus::from_byte(body.first().copied().unwrap_or_default());
         }
         Flow::Forward
     }
@@ -230,7 +236,7 @@ fn scan_from_client(pipe: &mut Pipe, state: &mut SessionState) -> io::Result<()>
 
 /// Upstream messages too, except ReadyForQuery, whose status byte the pool needs.
 fn scan_from_upstream(pipe: &mut Pipe, state: &mut SessionState) -> io::Result<()> {
-    pipe.scan(|tag| tag == b'Z', |tag, body| state.server_message(tag, body))
+    pipe.scan(|tag| tag == backend::READY_FOR_QUERY, |tag, body| state.server_message(tag, body))
 }
 
 /// Why a relay ended.
@@ -409,7 +415,7 @@ mod tests {
         drop(client);
         let (relay, end) = task.await.unwrap();
         assert!(matches!(end, RelayEnd::ClientGone(None)));
-        assert_eq!(relay.state.transaction_status, b'T');
+        assert_eq!(relay.state.transaction_status, TransactionStatus::InTransaction);
         assert!(!relay.upstream_reusable(&end));
 
         let (mut client, _upstream, task) = start();

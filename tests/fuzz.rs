@@ -453,7 +453,7 @@ proptest! {
         prop_assert_eq!(tag, if notice { b'N' } else { b'E' });
         let strip = |s: &str| s.replace('\0', "");
         let expected = ErrorFields {
-            severity: fields.severity.clone(),
+            severity: fields.severity,
             code: strip(&fields.code),
             message: strip(&fields.message),
             detail: fields.detail.as_deref().map(strip),
@@ -769,7 +769,7 @@ proptest! {
         let last = responses.last().unwrap().1[0];
         let (run, _) = relay_conversation(&requests, &responses, true, None, &sizes, capacity)?;
         prop_assert!(matches!(run.end, RelayEnd::ClientTerminated), "{:?}", run.end);
-        prop_assert_eq!(run.relay.state.transaction_status, last);
+        prop_assert_eq!(run.relay.state.transaction_status.as_byte(), last);
         prop_assert!(!run.relay.upstream_reusable(&run.end));
     }
 

@@ -6,15 +6,15 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::ClientStream;
 use super::handshake::SessionStartup;
 use super::session::{SessionEnd, SessionError};
 use crate::ops::{metrics, view::ProxyView};
-use crate::protocol::CancelKey;
-use crate::protocol::frame::take_message;
+use crate::protocol::frame::read_message;
 use crate::protocol::messages::{self, ErrorFields, Severity};
+use crate::protocol::{CancelKey, TransactionStatus, frontend, sqlstate};
 
 /// The database name that selects the console.
 pub const ADMIN_DATABASE: &str = "lakebase_proxy";
@@ -49,30 +49,30 @@ pub(super) async fn serve_console(
         messages::parameter_status(&mut out, name, value);
     }
     messages::backend_key_data(&mut out, CancelKey { pid: 0, secret: 0 });
-    messages::ready_for_query(&mut out, b'I');
+    messages::ready_for_query(&mut out, TransactionStatus::Idle);
     let mut inbound = early;
     loop {
         client.write_all(&out).await.map_err(SessionError::ClientIo)?;
         client.flush().await.map_err(SessionError::ClientIo)?;
         out.clear();
-        let (tag, body) = loop {
-            if let Some(message) = take_message(&mut inbound, MAX_QUERY).map_err(SessionError::ClientProtocol)? {
-                break message;
-            }
-            if client.read_buf(&mut inbound).await.map_err(SessionError::ClientIo)? == 0 {
-                return Ok(SessionEnd::ClientDone);
-            }
+        let message = read_message(client, &mut inbound, MAX_QUERY).await.map_err(|error| match error.kind() {
+            std::io::ErrorKind::InvalidData => SessionError::ClientProtocol(error),
+            _ => SessionError::ClientIo(error),
+        })?;
+        let Some((tag, body)) = message else {
+            return Ok(SessionEnd::ClientDone);
         };
         match tag {
-            b'Q' => {
+            frontend::QUERY => {
                 let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned();
                 run_queries(&text, view, &mut out);
-                messages::ready_for_query(&mut out, b'I');
+                messages::ready_for_query(&mut out, TransactionStatus::Idle);
             }
-            b'X' => return Ok(SessionEnd::ClientDone),
+            frontend::TERMINATE => return Ok(SessionEnd::ClientDone),
             // Extended protocol: refuse once, then answer the Sync that ends the batch.
-            b'S' => messages::ready_for_query(&mut out, b'I'),
-            b'P' => error("the admin console takes simple queries only", "0A000").write_error(&mut out),
+            frontend::SYNC => messages::ready_for_query(&mut out, TransactionStatus::Idle),
+            frontend::PARSE => error("the admin console takes simple queries only", sqlstate::FEATURE_NOT_SUPPORTED)
+                .write_error(&mut out),
             _ => {}
         }
     }
@@ -104,7 +104,7 @@ fn run_queries(text: &str, view: &ProxyView, out: &mut BytesMut) {
                 messages::command_complete(out, "SHOW");
             }
             None => {
-                let mut fields = error(&format!("unknown admin command {statement:?}"), "42601");
+                let mut fields = error(&format!("unknown admin command {statement:?}"), sqlstate::SYNTAX_ERROR);
                 fields.hint = Some("Try SHOW HELP.".into());
                 fields.write_error(out);
                 // Like a server, stop the rest of the query string after an error.

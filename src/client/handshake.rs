@@ -6,8 +6,9 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::ClientStream;
-use crate::error::{UserFacing, sqlstate};
+use crate::error::UserFacing;
 use crate::protocol::messages::{ErrorFields, Severity};
+use crate::protocol::sqlstate;
 use crate::protocol::startup::{self, StartupError, read_packet};
 use crate::protocol::{CancelKey, StartupParams, StartupRequest};
 

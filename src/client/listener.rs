@@ -11,9 +11,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixListener};
 use tracing::{error, info, warn};
 
-use crate::error::sqlstate;
 use crate::ops::metrics;
 use crate::protocol::messages::{ErrorFields, Severity};
+use crate::protocol::sqlstate;
 use crate::shutdown::Shutdown;
 
 use super::session::{TargetContext, serve};

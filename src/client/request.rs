@@ -7,7 +7,7 @@ use super::handshake::SessionStartup;
 use super::session::SessionError;
 use crate::pool::PoolKey;
 use crate::protocol::messages;
-use crate::protocol::{CancelKey, StartupParams};
+use crate::protocol::{CancelKey, StartupParams, TransactionStatus};
 use crate::target::Target;
 
 /// A client's startup value for `name` as the server would report it, where that is known to
@@ -31,7 +31,7 @@ pub(super) fn write_ready<'a>(buf: &mut BytesMut, params: impl Iterator<Item = (
         messages::parameter_status(buf, name, value);
     }
     messages::backend_key_data(buf, key);
-    messages::ready_for_query(buf, b'I');
+    messages::ready_for_query(buf, TransactionStatus::Idle);
 }
 
 /// A client's startup message turned into what the pool needs.

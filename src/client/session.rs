@@ -17,12 +17,13 @@ use super::handshake::{Handshake, negotiate};
 use super::request::{SessionRequest, canonical_setting, write_ready};
 use super::{ClientStream, HandshakeError, Peer};
 use crate::cancel::{CancelRegistry, CancelRoute};
-use crate::error::{UserFacing, sqlstate};
+use crate::error::UserFacing;
 use crate::ops::metrics;
 use crate::ops::view::{ClientEntry, ClientInfo, ClientRegistry, ProxyView};
 use crate::pool::{CheckoutError, Lease, Pool, Pools};
-use crate::protocol::CancelKey;
 use crate::protocol::messages::{self, ErrorFields, Severity};
+use crate::protocol::sqlstate;
+use crate::protocol::{CancelKey, backend, frontend};
 use crate::relay::{Relay, RelayEnd};
 use crate::shutdown::Shutdown;
 use crate::target::Target;
@@ -280,7 +281,7 @@ async fn lazy_session(
             _ = shutdown.requested() => return Err(SessionError::ShuttingDown),
         }
     };
-    if first.first().is_none_or(|&tag| tag == b'X') {
+    if first.first().is_none_or(|&tag| tag == frontend::TERMINATE) {
         return Ok(SessionEnd::ClientDone);
     }
     // Boxed: an idle lazy session's task then holds only what waiting needs, not the space
@@ -337,7 +338,9 @@ async fn attach(
     match end {
         RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => Ok(SessionEnd::ClientDone),
         RelayEnd::Idle => Err(SessionError::ShuttingDown),
-        RelayEnd::UpstreamGone(_) if relay.state.last_upstream_message == b'E' => Ok(SessionEnd::UpstreamEnded),
+        RelayEnd::UpstreamGone(_) if relay.state.last_upstream_message == backend::ERROR_RESPONSE => {
+            Ok(SessionEnd::UpstreamEnded)
+        }
         RelayEnd::UpstreamGone(error) => Err(SessionError::UpstreamLost(error)),
         RelayEnd::ClientProtocolViolation(error) => Err(SessionError::ClientProtocol(error)),
         RelayEnd::UpstreamProtocolViolation(error) => Err(SessionError::UpstreamProtocol(error)),
@@ -372,7 +375,7 @@ async fn checkout_with_notice(
     let mut notice = std::mem::take(owed);
     ErrorFields::new(
         Severity::Notice,
-        "00000",
+        sqlstate::SUCCESSFUL_COMPLETION,
         "lakebase-proxy: still connecting to the database (it may be waking up from scale-to-zero, or the pool is busy)",
     )
     .write_notice(&mut notice);

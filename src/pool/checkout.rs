@@ -6,10 +6,11 @@ use rand::Rng;
 use tracing::{debug, warn};
 
 use super::{CheckoutKind, Pool, Pooled};
-use crate::error::{UserFacing, sqlstate};
+use crate::error::UserFacing;
 use crate::ops::metrics;
 use crate::protocol::StartupParams;
 use crate::protocol::messages::{ErrorFields, Severity};
+use crate::protocol::sqlstate;
 use crate::upstream::{ConnectError, ServerConnection};
 
 /// The statement that returns a used connection to a fresh session's state: it closes

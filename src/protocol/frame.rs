@@ -2,6 +2,9 @@
 
 use std::io;
 
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
 /// Bytes in a tagged message header: the tag and the four-byte length.
 pub const HEADER_LEN: usize = 5;
 
@@ -46,7 +49,7 @@ impl FrameHeader {
 ///
 /// Used where the proxy holds a conversation itself (upstream login, session reset) rather
 /// than relaying; `limit` guards against a peer that declares an enormous message.
-pub fn take_message(buf: &mut bytes::BytesMut, limit: usize) -> io::Result<Option<(u8, bytes::Bytes)>> {
+pub fn take_message(buf: &mut BytesMut, limit: usize) -> io::Result<Option<(u8, Bytes)>> {
     let Some(header) = FrameHeader::parse(buf)? else {
         return Ok(None);
     };
@@ -66,6 +69,23 @@ pub fn take_message(buf: &mut bytes::BytesMut, limit: usize) -> io::Result<Optio
     Ok(Some((header.tag, body)))
 }
 
+/// Reads until one whole message is at the front of `buf` and splits it off; `Ok(None)` when
+/// the stream ends cleanly between messages. Bytes read past that message stay in `buf`.
+pub async fn read_message<R: AsyncRead + Unpin + ?Sized>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> io::Result<Option<(u8, Bytes)>> {
+    loop {
+        if let Some(message) = take_message(buf, limit)? {
+            return Ok(Some(message));
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return if buf.is_empty() { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
+        }
+    }
+}
+
 pub(crate) fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
@@ -73,7 +93,6 @@ pub(crate) fn invalid(message: String) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BytesMut;
 
     #[test]
     fn header_needs_five_bytes() {
@@ -96,6 +115,18 @@ mod tests {
         let (tag, body) = take_message(&mut buf, 100).unwrap().unwrap();
         assert_eq!((tag, &body[..]), (b'S', &b"ab\0\0"[..]));
         assert_eq!(&buf[..], b"Z");
+    }
+
+    #[tokio::test]
+    async fn read_message_reads_across_short_reads_and_tells_a_clean_end_from_a_cut() {
+        // Two reads: the header arrives cut in the middle.
+        let mut stream = (&b"Z\0\0"[..]).chain(&b"\0\x05IQ"[..]);
+        let mut buf = BytesMut::new();
+        let (tag, body) = read_message(&mut stream, &mut buf, 100).await.unwrap().unwrap();
+        assert_eq!((tag, &body[..]), (b'Z', &b"I"[..]));
+        assert_eq!(&buf[..], b"Q", "bytes past the message are kept");
+        assert_eq!(read_message(&mut stream, &mut buf, 100).await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        assert!(read_message(&mut &b""[..], &mut BytesMut::new(), 100).await.unwrap().is_none());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 use bytes::{BufMut, BytesMut};
 use std::fmt;
 
+use super::codes::{TransactionStatus, backend};
+use super::sqlstate;
 use super::startup::CancelKey;
 
 /// Appends one tagged message whose body `write_body` produces, fixing up the length after.
@@ -24,12 +26,12 @@ fn put_cstr(buf: &mut BytesMut, text: &str) {
 
 /// AuthenticationOk.
 pub fn authentication_ok(buf: &mut BytesMut) {
-    message(buf, b'R', |body| body.put_u32(0));
+    message(buf, backend::AUTHENTICATION, |body| body.put_u32(0));
 }
 
 /// ParameterStatus.
 pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
-    message(buf, b'S', |body| {
+    message(buf, backend::PARAMETER_STATUS, |body| {
         put_cstr(body, name);
         put_cstr(body, value);
     });
@@ -37,20 +39,20 @@ pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
 
 /// BackendKeyData.
 pub fn backend_key_data(buf: &mut BytesMut, key: CancelKey) {
-    message(buf, b'K', |body| {
+    message(buf, backend::BACKEND_KEY_DATA, |body| {
         body.put_i32(key.pid);
         body.put_u32(key.secret);
     });
 }
 
-/// ReadyForQuery with the given transaction status (`I`, `T` or `E`).
-pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
-    message(buf, b'Z', |body| body.put_u8(status));
+/// ReadyForQuery with the given transaction status.
+pub fn ready_for_query(buf: &mut BytesMut, status: TransactionStatus) {
+    message(buf, backend::READY_FOR_QUERY, |body| body.put_u8(status.as_byte()));
 }
 
 /// NegotiateProtocolVersion: the newest minor version supported and the options not recognised.
 pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: u16, unsupported: &[String]) {
-    message(buf, b'v', |body| {
+    message(buf, backend::NEGOTIATE_PROTOCOL_VERSION, |body| {
         body.put_u32((3 << 16) | u32::from(minor));
         body.put_u32(unsupported.len() as u32);
         for option in unsupported {
@@ -62,7 +64,7 @@ pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: u16, unsupported: &
 /// RowDescription for text columns named `names` (used by the admin console).
 pub fn row_description(buf: &mut BytesMut, names: &[&str]) {
     const TEXT_OID: u32 = 25;
-    message(buf, b'T', |body| {
+    message(buf, backend::ROW_DESCRIPTION, |body| {
         body.put_i16(names.len() as i16);
         for name in names {
             put_cstr(body, name);
@@ -78,7 +80,7 @@ pub fn row_description(buf: &mut BytesMut, names: &[&str]) {
 
 /// DataRow of text values; `None` is NULL.
 pub fn data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
-    message(buf, b'D', |body| {
+    message(buf, backend::DATA_ROW, |body| {
         body.put_i16(values.len() as i16);
         for value in values {
             match value {
@@ -94,40 +96,88 @@ pub fn data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
 
 /// CommandComplete with `tag` (e.g. `SHOW`).
 pub fn command_complete(buf: &mut BytesMut, tag: &str) {
-    message(buf, b'C', |body| put_cstr(body, tag));
+    message(buf, backend::COMMAND_COMPLETE, |body| put_cstr(body, tag));
 }
 
 /// EmptyQueryResponse.
 pub fn empty_query_response(buf: &mut BytesMut) {
-    message(buf, b'I', |_| {});
+    message(buf, backend::EMPTY_QUERY_RESPONSE, |_| {});
 }
 
 /// Severity of an ErrorResponse or NoticeResponse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
+    /// Ends the server process (and every session).
+    Panic,
     /// Ends the session.
     Fatal,
     /// Ends the current statement.
     Error,
+    /// A warning (notice).
+    Warning,
     /// Informational notice.
     Notice,
+    /// Debug output (notice).
+    Debug,
+    /// Information (notice).
+    Info,
+    /// Log output (notice).
+    Log,
 }
 
 impl Severity {
-    fn as_str(self) -> &'static str {
+    /// The non-localised name, as in the `V` field.
+    pub fn as_str(self) -> &'static str {
         match self {
+            Severity::Panic => "PANIC",
             Severity::Fatal => "FATAL",
             Severity::Error => "ERROR",
+            Severity::Warning => "WARNING",
             Severity::Notice => "NOTICE",
+            Severity::Debug => "DEBUG",
+            Severity::Info => "INFO",
+            Severity::Log => "LOG",
         }
     }
+
+    /// Parses a non-localised severity name.
+    pub fn parse(name: &str) -> Option<Severity> {
+        [
+            Severity::Panic,
+            Severity::Fatal,
+            Severity::Error,
+            Severity::Warning,
+            Severity::Notice,
+            Severity::Debug,
+            Severity::Info,
+            Severity::Log,
+        ]
+        .into_iter()
+        .find(|severity| severity.as_str() == name)
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Field types inside an ErrorResponse or NoticeResponse.
+mod field {
+    pub const SEVERITY_LOCALIZED: u8 = b'S';
+    pub const SEVERITY: u8 = b'V';
+    pub const CODE: u8 = b'C';
+    pub const MESSAGE: u8 = b'M';
+    pub const DETAIL: u8 = b'D';
+    pub const HINT: u8 = b'H';
 }
 
 /// The fields of an ErrorResponse or NoticeResponse that the proxy writes or reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorFields {
-    /// Severity as sent (`FATAL`, `ERROR`, ...): the non-localised one when the server gave it.
-    pub severity: String,
+    /// Severity: the non-localised one when the server gave it (servers since 9.6 do).
+    pub severity: Severity,
     /// The SQLSTATE.
     pub code: String,
     /// Primary message.
@@ -141,13 +191,7 @@ pub struct ErrorFields {
 impl ErrorFields {
     /// Builds fields with the given severity, SQLSTATE and message.
     pub fn new(severity: Severity, code: &str, message: impl Into<String>) -> ErrorFields {
-        ErrorFields {
-            severity: severity.as_str().to_owned(),
-            code: code.to_owned(),
-            message: message.into(),
-            detail: None,
-            hint: None,
-        }
+        ErrorFields { severity, code: code.to_owned(), message: message.into(), detail: None, hint: None }
     }
 
     /// Adds a hint.
@@ -158,7 +202,7 @@ impl ErrorFields {
 
     /// Parses the body of an ErrorResponse or NoticeResponse.
     pub fn parse(body: &[u8]) -> ErrorFields {
-        let mut fields = ErrorFields::new(Severity::Error, "XX000", "");
+        let mut fields = ErrorFields::new(Severity::Error, sqlstate::INTERNAL_ERROR, "");
         let (mut plain_severity, mut localized_severity) = (None, None);
         for field in body.split(|&b| b == 0) {
             let Some((&kind, value)) = field.split_first() else {
@@ -166,16 +210,17 @@ impl ErrorFields {
             };
             let value = String::from_utf8_lossy(value).into_owned();
             match kind {
-                b'V' => plain_severity = Some(value),
-                b'S' => localized_severity = Some(value),
-                b'C' => fields.code = value,
-                b'M' => fields.message = value,
-                b'D' => fields.detail = Some(value),
-                b'H' => fields.hint = Some(value),
+                field::SEVERITY => plain_severity = Some(value),
+                field::SEVERITY_LOCALIZED => localized_severity = Some(value),
+                field::CODE => fields.code = value,
+                field::MESSAGE => fields.message = value,
+                field::DETAIL => fields.detail = Some(value),
+                field::HINT => fields.hint = Some(value),
                 _ => {}
             }
         }
-        if let Some(severity) = plain_severity.or(localized_severity) {
+        // A localised severity is only understood where it happens to be English.
+        if let Some(severity) = plain_severity.or(localized_severity).and_then(|name| Severity::parse(&name)) {
             fields.severity = severity;
         }
         fields
@@ -183,23 +228,23 @@ impl ErrorFields {
 
     /// Appends this as an ErrorResponse.
     pub fn write_error(&self, buf: &mut BytesMut) {
-        self.write(buf, b'E');
+        self.write(buf, backend::ERROR_RESPONSE);
     }
 
     /// Appends this as a NoticeResponse.
     pub fn write_notice(&self, buf: &mut BytesMut) {
-        self.write(buf, b'N');
+        self.write(buf, backend::NOTICE_RESPONSE);
     }
 
     fn write(&self, buf: &mut BytesMut, tag: u8) {
         message(buf, tag, |body| {
             for (kind, value) in [
-                (b'S', Some(self.severity.as_str())),
-                (b'V', Some(self.severity.as_str())),
-                (b'C', Some(self.code.as_str())),
-                (b'M', Some(self.message.as_str())),
-                (b'D', self.detail.as_deref()),
-                (b'H', self.hint.as_deref()),
+                (field::SEVERITY_LOCALIZED, Some(self.severity.as_str())),
+                (field::SEVERITY, Some(self.severity.as_str())),
+                (field::CODE, Some(self.code.as_str())),
+                (field::MESSAGE, Some(self.message.as_str())),
+                (field::DETAIL, self.detail.as_deref()),
+                (field::HINT, self.hint.as_deref()),
             ] {
                 if let Some(value) = value {
                     body.put_u8(kind);
@@ -232,16 +277,18 @@ mod tests {
         let mut buf = BytesMut::new();
         fields.write_error(&mut buf);
         let (tag, body) = take_message(&mut buf, 1024).unwrap().unwrap();
-        assert_eq!(tag, b'E');
+        assert_eq!(tag, backend::ERROR_RESPONSE);
         assert_eq!(ErrorFields::parse(&body), fields);
     }
 
     #[test]
-    fn localized_severity_is_used_only_without_the_plain_one() {
-        let parsed = ErrorFields::parse(b"SFATAL-LOCAL\0C28P01\0Mnope\0\0");
-        assert_eq!(parsed.severity, "FATAL-LOCAL");
-        let parsed = ErrorFields::parse(b"SFATAL-LOCAL\0VFATAL\0C28P01\0Mnope\0\0");
-        assert_eq!(parsed.severity, "FATAL");
+    fn the_plain_severity_wins_over_the_localised_one() {
+        let parsed = ErrorFields::parse(b"SFATAL\0C28P01\0Mnope\0\0");
+        assert_eq!(parsed.severity, Severity::Fatal, "an English localised severity is understood");
+        let parsed = ErrorFields::parse(b"SFATALE\0C28P01\0Mnope\0\0");
+        assert_eq!(parsed.severity, Severity::Error, "an unknown one is taken as ERROR");
+        let parsed = ErrorFields::parse(b"SFATALE\0VFATAL\0C28P01\0Mnope\0\0");
+        assert_eq!(parsed.severity, Severity::Fatal);
         assert_eq!(parsed.code, "28P01");
     }
 
@@ -251,7 +298,7 @@ mod tests {
         authentication_ok(&mut buf);
         parameter_status(&mut buf, "server_version", "15.0");
         backend_key_data(&mut buf, CancelKey { pid: 7, secret: 9 });
-        ready_for_query(&mut buf, b'I');
+        ready_for_query(&mut buf, TransactionStatus::Idle);
         let tags: Vec<u8> = std::iter::from_fn(|| take_message(&mut buf, 1024).unwrap().map(|(t, _)| t)).collect();
         assert_eq!(tags, b"RSKZ");
         assert!(buf.is_empty());

@@ -4,9 +4,12 @@
 //! read or write: message framing, the untagged startup packets, and the handful of backend
 //! messages the proxy composes itself (greeting, errors, notices).
 
+pub mod codes;
 pub mod frame;
 pub mod messages;
+pub mod sqlstate;
 pub mod startup;
 
+pub use codes::{AuthRequest, TransactionStatus, backend, frontend};
 pub use frame::{FrameHeader, HEADER_LEN};
 pub use startup::{CancelKey, StartupParams, StartupRequest};

@@ -5,15 +5,16 @@ use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
 use super::ConnectError;
 use super::connection::UpstreamStream;
 use crate::credentials::Secret;
 use crate::protocol::CancelKey;
-use crate::protocol::frame::{MAX_BUFFERED_MESSAGE, take_message};
+use crate::protocol::frame::{self, MAX_BUFFERED_MESSAGE};
 use crate::protocol::messages::ErrorFields;
+use crate::protocol::{AuthRequest, backend};
 use crate::tls::server_end_point_hash;
 
 /// What a successful login yields.
@@ -26,16 +27,11 @@ pub struct LoginResult {
     pub leftover: BytesMut,
 }
 
-/// Reads one whole message from the server into `buf`'s front.
-pub(super) async fn read_message(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result<(u8, Bytes), ConnectError> {
-    loop {
-        if let Some(message) = take_message(buf, MAX_BUFFERED_MESSAGE)? {
-            return Ok(message);
-        }
-        if stream.read_buf(buf).await? == 0 {
-            return Err(ConnectError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-    }
+/// Reads one whole message from the server.
+async fn read_message(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result<(u8, Bytes), ConnectError> {
+    frame::read_message(stream, buf, MAX_BUFFERED_MESSAGE)
+        .await?
+        .ok_or_else(|| ConnectError::Io(std::io::ErrorKind::UnexpectedEof.into()))
 }
 
 async fn send(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result<(), ConnectError> {
@@ -63,19 +59,19 @@ pub(super) async fn authenticate(
     loop {
         let (tag, mut body) = read_message(stream, &mut inbound).await?;
         match tag {
-            b'R' => {
+            backend::AUTHENTICATION => {
                 if body.len() < 4 {
                     return Err(protocol_error("short authentication message"));
                 }
-                match body.get_i32() {
-                    0 => {}
-                    3 => {
+                match AuthRequest::from_code(body.get_i32()) {
+                    AuthRequest::Ok => {}
+                    AuthRequest::CleartextPassword => {
                         debug!("upstream asks for a cleartext password");
                         let password = password.ok_or(ConnectError::NoPassword)?;
                         frontend::password_message(password.expose().as_bytes(), &mut outbound)?;
                         send(stream, &mut outbound).await?;
                     }
-                    5 => {
+                    AuthRequest::Md5Password => {
                         let password = password.ok_or(ConnectError::NoPassword)?;
                         let salt: [u8; 4] = body
                             .get(..4)
@@ -85,7 +81,7 @@ pub(super) async fn authenticate(
                         frontend::password_message(hashed.as_bytes(), &mut outbound)?;
                         send(stream, &mut outbound).await?;
                     }
-                    10 => {
+                    AuthRequest::Sasl => {
                         let password = password.ok_or(ConnectError::NoPassword)?;
                         let mechanisms: Vec<&[u8]> = body.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
                         let certificate_hash = stream
@@ -114,7 +110,7 @@ pub(super) async fn authenticate(
                         send(stream, &mut outbound).await?;
                         scram = Some(exchange);
                     }
-                    11 => {
+                    AuthRequest::SaslContinue => {
                         let mut exchange = scram.take().ok_or_else(|| protocol_error("SASLContinue without SASL"))?;
                         // The salted password costs thousands of HMAC rounds (milliseconds):
                         // off the event loop, which may be relaying for every other client.
@@ -125,18 +121,18 @@ pub(super) async fn authenticate(
                         scram = Some(exchange);
                         send(stream, &mut outbound).await?;
                     }
-                    12 => {
+                    AuthRequest::SaslFinal => {
                         let exchange = scram.as_mut().ok_or_else(|| protocol_error("SASLFinal without SASL"))?;
                         // Verifies the server's signature: a server that does not know the
                         // password (an impostor) fails here.
                         exchange.finish(&body)?;
                     }
                     other => {
-                        return Err(ConnectError::UnsupportedAuth(auth_method_name(other).into()));
+                        return Err(ConnectError::UnsupportedAuth(other.method_name().into()));
                     }
                 }
             }
-            b'S' => {
+            backend::PARAMETER_STATUS => {
                 let mut fields = body.split(|&b| b == 0);
                 let name = String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
                 let value = String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
@@ -145,32 +141,22 @@ pub(super) async fn authenticate(
                     None => params.push((name, value)),
                 }
             }
-            b'K' => {
+            backend::BACKEND_KEY_DATA => {
                 if body.len() < 8 {
                     return Err(protocol_error("short BackendKeyData"));
                 }
                 key = Some(CancelKey { pid: body.get_i32(), secret: body.get_u32() });
             }
-            b'E' => return Err(ConnectError::Server(ErrorFields::parse(&body))),
-            b'Z' => {
+            backend::ERROR_RESPONSE => return Err(ConnectError::Server(ErrorFields::parse(&body))),
+            backend::READY_FOR_QUERY => {
                 let key = key.ok_or_else(|| protocol_error("no BackendKeyData before ReadyForQuery"))?;
                 return Ok(LoginResult { params, key, leftover: inbound });
             }
             // Notices during login and NegotiateProtocolVersion carry nothing the proxy needs.
-            b'N' | b'v' => {}
+            backend::NOTICE_RESPONSE | backend::NEGOTIATE_PROTOCOL_VERSION => {}
             other => {
                 return Err(protocol_error(&format!("unexpected message '{}' during login", other.escape_ascii())));
             }
         }
-    }
-}
-
-fn auth_method_name(code: i32) -> &'static str {
-    match code {
-        2 => "Kerberos V5",
-        6 => "SCM credentials",
-        7 | 8 => "GSSAPI",
-        9 => "SSPI",
-        _ => "unknown",
     }
 }

@@ -13,6 +13,7 @@ use tracing::debug;
 use super::connection::{ServerConnection, UpstreamStream};
 use super::{ConnectError, auth};
 use crate::credentials::Secret;
+use crate::protocol::codes::encryption_answer;
 use crate::protocol::{CancelKey, StartupParams};
 use crate::target::Target;
 use crate::tls;
@@ -142,8 +143,8 @@ impl Endpoint {
         postgres_protocol::message::frontend::ssl_request(&mut request);
         tcp.write_all(&request).await?;
         match tcp.read_u8().await? {
-            b'S' => {}
-            b'N' => {
+            encryption_answer::ACCEPTED => {}
+            encryption_answer::REFUSED => {
                 return Err(ConnectError::TlsRefused { host: address.host.clone() });
             }
             other => {

@@ -6,9 +6,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::ConnectError;
-use super::auth::{LoginResult, read_message};
+use super::auth::LoginResult;
+use crate::protocol::frame::{MAX_BUFFERED_MESSAGE, read_message};
 use crate::protocol::messages::ErrorFields;
-use crate::protocol::{CancelKey, StartupParams};
+use crate::protocol::{CancelKey, StartupParams, backend};
 
 /// The upstream transport: always TLS.
 pub type UpstreamStream = tokio_rustls::client::TlsStream<TcpStream>;
@@ -120,17 +121,19 @@ impl ServerConnection {
         let mut outcomes = Vec::with_capacity(statements.len());
         let mut outcome = Ok(None);
         while outcomes.len() < statements.len() {
-            let (tag, body) = read_message(&mut self.stream, &mut inbound).await?;
+            let (tag, body) = read_message(&mut self.stream, &mut inbound, MAX_BUFFERED_MESSAGE)
+                .await?
+                .ok_or_else(|| ConnectError::Io(std::io::ErrorKind::UnexpectedEof.into()))?;
             match tag {
-                b'S' => {
+                backend::PARAMETER_STATUS => {
                     let mut fields = body.split(|&b| b == 0);
                     let name = String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
                     let value = String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
                     self.set_server_param(name, value);
                 }
-                b'E' => outcome = Err(ErrorFields::parse(&body)),
-                b'D' if matches!(outcome, Ok(None)) => outcome = Ok(first_column(&body)),
-                b'Z' => outcomes.push(std::mem::replace(&mut outcome, Ok(None))),
+                backend::ERROR_RESPONSE => outcome = Err(ErrorFields::parse(&body)),
+                backend::DATA_ROW if matches!(outcome, Ok(None)) => outcome = Ok(first_column(&body)),
+                backend::READY_FOR_QUERY => outcomes.push(std::mem::replace(&mut outcome, Ok(None))),
                 _ => {}
             }
         }

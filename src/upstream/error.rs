@@ -2,8 +2,9 @@ use std::io;
 use std::time::Duration;
 
 use crate::credentials::CredentialError;
-use crate::error::{UserFacing, sqlstate};
+use crate::error::UserFacing;
 use crate::protocol::messages::{ErrorFields, Severity};
+use crate::protocol::sqlstate;
 
 /// Why an upstream connection could not be opened or logged into.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +63,7 @@ impl ConnectError {
             ConnectError::Unreachable { .. } => "unreachable",
             ConnectError::Timeout { .. } => "timeout",
             ConnectError::TlsRefused { .. } | ConnectError::Tls { .. } => "tls",
-            ConnectError::Server(fields) if fields.code.starts_with("28") => "auth",
+            ConnectError::Server(fields) if fields.code.starts_with(sqlstate::INVALID_AUTHORIZATION_CLASS) => "auth",
             ConnectError::Server(_) => "server",
             ConnectError::Credential(_) | ConnectError::NoPassword => "credential",
             ConnectError::UnsupportedAuth(_) => "unsupported_auth",
@@ -78,7 +79,10 @@ impl ConnectError {
             ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } | ConnectError::Io(_) => true,
             // Connection-class errors and "the database system is starting up" (a waking
             // compute). Not 53300 (full), and never 28xxx or 42501: those repeat.
-            ConnectError::Server(fields) => fields.code.starts_with("08") || fields.code == "57P03",
+            ConnectError::Server(fields) => {
+                fields.code.starts_with(sqlstate::CONNECTION_EXCEPTION_CLASS)
+                    || fields.code == sqlstate::CANNOT_CONNECT_NOW
+            }
             _ => false,
         }
     }
@@ -92,8 +96,8 @@ impl UserFacing for ConnectError {
         match self {
             ConnectError::Server(fields) => {
                 let mut fields = fields.clone();
-                fields.severity = "FATAL".into();
-                if fields.code.starts_with("28") && fields.hint.is_none() {
+                fields.severity = Severity::Fatal;
+                if fields.code.starts_with(sqlstate::INVALID_AUTHORIZATION_CLASS) && fields.hint.is_none() {
                     fields.hint = Some("The upstream refused the password lakebase-proxy presented: check the role name and the password source.".into());
                 }
                 fields

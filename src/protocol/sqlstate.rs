@@ -1,0 +1,28 @@
+//! Every SQLSTATE the proxy sends or acts on, by name.
+
+/// A notice that reports no error.
+pub const SUCCESSFUL_COMPLETION: &str = "00000";
+/// The upstream cannot be reached or refused the connection before login.
+pub const CONNECTION_UNABLE: &str = "08001";
+/// The connection failed after it was made.
+pub const CONNECTION_FAILURE: &str = "08006";
+/// The client broke the protocol.
+pub const PROTOCOL_VIOLATION: &str = "08P01";
+/// The class of connection exceptions (`08xxx`): worth retrying.
+pub const CONNECTION_EXCEPTION_CLASS: &str = "08";
+/// The client asked for something the proxy does not do.
+pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+/// Credentials are missing or refused.
+pub const INVALID_AUTHORIZATION: &str = "28000";
+/// The class of authorization failures (`28xxx`): never retried.
+pub const INVALID_AUTHORIZATION_CLASS: &str = "28";
+/// An admin console command the proxy does not know.
+pub const SYNTAX_ERROR: &str = "42601";
+/// No free connection within the wait limit, or too many clients.
+pub const TOO_MANY_CONNECTIONS: &str = "53300";
+/// The proxy is shutting down.
+pub const ADMIN_SHUTDOWN: &str = "57P01";
+/// "The database system is starting up": a Lakebase compute waking from scale-to-zero.
+pub const CANNOT_CONNECT_NOW: &str = "57P03";
+/// What an ErrorResponse without a code is taken as.
+pub const INTERNAL_ERROR: &str = "XX000";
