@@ -138,9 +138,17 @@ impl Pool {
             // is not missed.
             let mut notified = pin!(self.available.notified());
             notified.as_mut().enable();
-            let taken = self.take(params);
+            let mut taken = self.take(params);
+            if let Take::Exact(pooled) | Take::Adjust(pooled) = &mut taken
+                && !pooled.usable()
+            {
+                debug!(connection = pooled.connection.id(), "dropping a dead or expired idle connection");
+                metrics::upstream_retired(&self.upstream.label, "dead");
+                self.forget_one();
+                continue;
+            }
             let pooled = match taken {
-                Take::Exact(pooled) | Take::Adjust(pooled) if !pooled.usable() => {
+                Take::Exact(pooled) | Take::Adjust(pooled) if false => {
                     debug!(connection = pooled.connection.id(), "dropping a dead or expired idle connection");
                     metrics::upstream_retired(&self.upstream.label, "dead");
                     self.forget_one();
@@ -272,7 +280,7 @@ impl Pool {
 
 impl Pooled {
     /// Not past its deadline and, as far as a non-blocking look can tell, still connected.
-    fn usable(&self) -> bool {
+    fn usable(&mut self) -> bool {
         Instant::now() < self.deadline && self.connection.looks_alive()
     }
 }

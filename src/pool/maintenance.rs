@@ -44,7 +44,7 @@ impl Pool {
         let before = state.idle.len();
         let mut idle_count = before;
         // Oldest first, so the most recently used survive.
-        state.idle.retain(|pooled| {
+        state.idle.retain_mut(|pooled| {
             let idle_for = now.duration_since(pooled.idle_since);
             let expired = now >= pooled.deadline || idle_for >= idle_cap || !pooled.connection.looks_alive();
             let stale = idle_count > keep && idle_for >= idle_timeout;

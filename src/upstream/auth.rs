@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
 use super::ConnectError;
-use super::connection::UpstreamStream;
+use super::stream::UpstreamStream;
 use crate::credentials::Secret;
 use crate::protocol::CancelKey;
 use crate::protocol::frame::{self, MAX_BUFFERED_MESSAGE};

@@ -10,7 +10,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
-use super::connection::{ServerConnection, UpstreamStream};
+use super::connection::ServerConnection;
+use super::stream::{ServerStream, UpstreamStream};
 use super::{ConnectError, auth};
 use crate::credentials::Secret;
 use crate::protocol::codes::encryption_answer;
@@ -119,7 +120,7 @@ impl Endpoint {
             stream.flush().await?;
             let login = auth::authenticate(&mut stream, user, password).await?;
             Ok::<_, ConnectError>(ServerConnection::new(
-                stream,
+                ServerStream::Tls(stream),
                 NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
                 params.clone(),
                 login,

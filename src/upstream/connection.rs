@@ -1,22 +1,18 @@
-use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::ConnectError;
 use super::auth::LoginResult;
+use super::stream::ServerStream;
 use crate::protocol::frame::{MAX_BUFFERED_MESSAGE, read_message};
 use crate::protocol::messages::ErrorFields;
 use crate::protocol::{CancelKey, StartupParams, backend};
 
-/// The upstream transport: always TLS.
-pub type UpstreamStream = tokio_rustls::client::TlsStream<TcpStream>;
-
 /// A logged-in upstream connection.
 pub struct ServerConnection {
-    stream: UpstreamStream,
+    stream: ServerStream,
     id: u64,
     /// The startup parameters it was opened with, besides user and database.
     startup_params: StartupParams,
@@ -33,7 +29,7 @@ pub struct ServerConnection {
 
 impl ServerConnection {
     pub(super) fn new(
-        stream: UpstreamStream,
+        stream: ServerStream,
         id: u64,
         startup_params: StartupParams,
         login: LoginResult,
@@ -48,6 +44,20 @@ impl ServerConnection {
             opened_at: Instant::now(),
             leftover: login.leftover,
         }
+    }
+
+    /// A connection over an in-memory pipe to a stand-in server that has already logged it in
+    /// with `server_params` and cancel `key`, for tests of the pool and the relay.
+    #[cfg(test)]
+    pub(crate) fn in_memory(
+        pipe: tokio::io::DuplexStream,
+        id: u64,
+        startup_params: StartupParams,
+        server_params: Vec<(String, String)>,
+        key: CancelKey,
+    ) -> ServerConnection {
+        let login = LoginResult { params: server_params, key, leftover: BytesMut::new() };
+        ServerConnection::new(ServerStream::Memory(pipe), id, startup_params, login)
     }
 
     /// A process-unique id for logs.
@@ -86,7 +96,7 @@ impl ServerConnection {
     }
 
     /// The transport, for the relay.
-    pub fn stream_mut(&mut self) -> &mut UpstreamStream {
+    pub fn stream_mut(&mut self) -> &mut ServerStream {
         &mut self.stream
     }
 
@@ -150,15 +160,8 @@ impl ServerConnection {
 
     /// A cheap check that an idle connection is still there: the server sends nothing to an
     /// idle session, so readable bytes (a FATAL before a shutdown) or EOF mean it is gone.
-    pub fn looks_alive(&self) -> bool {
-        if !self.leftover.is_empty() {
-            return false;
-        }
-        let tcp = self.stream.get_ref().0;
-        let mut probe = [0u8; 1];
-        let mut buf = tokio::io::ReadBuf::new(&mut probe);
-        let mut cx = Context::from_waker(Waker::noop());
-        matches!(tcp.poll_peek(&mut cx, &mut buf), Poll::Pending)
+    pub fn looks_alive(&mut self) -> bool {
+        self.leftover.is_empty() && self.stream.looks_alive()
     }
 }
 

@@ -5,7 +5,9 @@ mod auth;
 mod connect;
 mod connection;
 mod error;
+mod stream;
 
 pub use connect::Endpoint;
-pub use connection::{ServerConnection, UpstreamStream};
+pub use connection::ServerConnection;
 pub use error::ConnectError;
+pub use stream::{ServerStream, UpstreamStream};
