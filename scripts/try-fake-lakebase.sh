@@ -10,7 +10,10 @@ check=false
 [ "${1:-}" = "--check" ] && check=true
 
 cargo build --quiet --bin lakebase-proxy --bin fake-lakebase --workspace
-bin=target/debug
+# Cargo's own answer, not ./target: CARGO_TARGET_DIR or a config's build.target-dir move it.
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+bin=$target_dir/debug
 
 pg_bindir=$(pg_config --bindir 2>/dev/null || true)
 if [ ! -x "$pg_bindir/postgres" ]; then

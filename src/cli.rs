@@ -202,7 +202,7 @@ pub struct ProxyArgs {
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
-    /// Human-readable lines.
+    /// Human-readable lines, coloured only on a terminal and never with `NO_COLOR` set.
     Text,
     /// One JSON object per line, for log collectors.
     Json,

@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::CommandFactory;
@@ -216,11 +217,19 @@ async fn reload(proxy: &mut RunningProxy, argv: &[OsString]) {
 
 fn init_logging(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = colour_logs(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
     }
+}
+
+/// Whether log lines get ANSI colours: only on a terminal, since escape codes in a file, a
+/// pipe or a collector are noise; and never with `NO_COLOR` set to anything non-empty
+/// (<https://no-color.org/>).
+fn colour_logs(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
 async fn wait_for_signal() -> &'static str {
@@ -228,5 +237,21 @@ async fn wait_for_signal() -> &'static str {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour_logs;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour_logs(true, None));
+        assert!(!colour_logs(false, None));
+        assert!(!colour_logs(true, Some(OsStr::new("1"))));
+        assert!(!colour_logs(false, Some(OsStr::new("1"))));
+        // no-color.org: an empty NO_COLOR does not disable colour.
+        assert!(colour_logs(true, Some(OsStr::new(""))));
     }
 }

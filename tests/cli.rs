@@ -168,6 +168,20 @@ fn sigterm_exits_cleanly_and_logs_hold_no_password() {
 }
 
 #[test]
+fn logs_to_a_file_carry_no_colour_codes() {
+    // No upstream is contacted before a client arrives, so nothing needs to listen there.
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("pw");
+    std::fs::write(&password, "unused\n").unwrap();
+    let target = format!("postgresql://app@localhost:{}/app", support::binary::free_port());
+    let proxy = ProxyProcess::spawn(&[target, format!("--password-file={}", password.display())], &[]);
+    let (status, log) = proxy.terminate();
+    assert!(status.success(), "exit status {status}: {log}");
+    assert!(log.contains("INFO") && log.contains("target ready"), "a levelled line was logged: {log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in a log written to a file: {log:?}");
+}
+
+#[test]
 fn bad_arguments_fail_with_a_readable_message() {
     let output =
         Command::new(env!("CARGO_BIN_EXE_lakebase-proxy")).args(["postgresql://user:hunter2@h/db"]).output().unwrap();

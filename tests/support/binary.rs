@@ -22,6 +22,8 @@ impl ProxyProcess {
             .args(args)
             .arg(format!("--port={port}"))
             .env_remove("RUST_LOG")
+            // Tests read the log as a default environment writes it.
+            .env_remove("NO_COLOR")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
