@@ -53,7 +53,7 @@ fn greeting(buf: &mut BytesMut) {
         messages::parameter_status(buf, name, value);
     }
     messages::backend_key_data(buf, CancelKey { pid: 4242, secret: 0x5eed_1234 });
-    messages::ready_for_query(buf, b'I');
+    messages::ready_for_query(buf, lakebase_proxy::protocol::TransactionStatus::Idle);
 }
 
 /// The proxy's side: read and parse the StartupMessage, answer with the greeting.

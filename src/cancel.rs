@@ -9,14 +9,14 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{debug, warn};
 
-use crate::pool::Upstream;
 use crate::protocol::CancelKey;
+use crate::upstream::Connect;
 
 /// Where to send a cancel for one attached session.
 #[derive(Clone)]
 pub struct CancelRoute {
-    /// The upstream that owns the session.
-    pub upstream: Arc<Upstream>,
+    /// Reaches the upstream that owns the session.
+    pub connector: Arc<dyn Connect>,
     /// The upstream's own key for it.
     pub key: CancelKey,
 }
@@ -42,7 +42,7 @@ impl CancelRegistry {
             debug!(pid = client_key.pid, "cancel request for an unknown key ignored");
             return;
         };
-        match route.upstream.endpoint.cancel(route.key).await {
+        match route.connector.cancel(route.key).await {
             Ok(()) => debug!(pid = route.key.pid, "cancel request forwarded"),
             Err(error) => warn!(pid = route.key.pid, %error, "could not forward a cancel request"),
         }

@@ -43,7 +43,9 @@ pub async fn connection_test(config: &Config) -> Result<String, String> {
             };
             let trust = roots(target.ca_file.as_ref().or(config.ca_file.as_ref()));
             let tls = tls::upstream_config(&trust).map_err(|e| e.to_string())?;
-            let endpoint = Endpoint::new(target, tls, config.connect_timeout).map_err(|e| e.to_string())?;
+            let endpoint =
+                Endpoint::new(&target.host, target.port, target.connect_to.clone(), tls, config.connect_timeout)
+                    .map_err(|e| e.to_string())?;
             let mut connection = endpoint
                 .login(&user, &database, &StartupParams::default(), password.as_ref())
                 .await

@@ -5,11 +5,10 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 
-use crate::config::{ClientTls, Config, PasswordSource};
+use crate::config::{ClientTls, Config, PasswordSource, PoolSettings};
 use crate::databricks::WorkspaceFlags;
-use crate::pool::PoolSettings;
 use crate::target::{TargetError, TargetSpec};
 
 /// A local PostgreSQL endpoint for clients without passwords: lakebase-proxy logs in upstream
@@ -263,7 +262,6 @@ impl ProxyArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn the_command_line_is_consistent() {
@@ -319,7 +317,7 @@ pub fn parse(argv: &[OsString]) -> Result<Cli, LoadError> {
         Some(_) => return Ok(cli),
     };
     let Some(path) = &args.config else { return Ok(cli) };
-    let file = crate::config_file::load(path, &|name| std::env::var_os(name).is_some())?;
+    let file = crate::config_file::load(path, &Cli::command(), &|name| std::env::var_os(name).is_some())?;
     let mut full: Vec<OsString> = argv[..insert_at].to_vec();
     full.extend(file.options);
     full.extend(argv[insert_at..].iter().cloned());

@@ -5,8 +5,66 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::databricks::WorkspaceFlags;
-use crate::pool::PoolSettings;
-use crate::target::TargetSpec;
+use crate::target::{PoolOverrides, TargetSpec};
+
+/// Pool limits and lifetimes, shared by all pools of a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Connections opened ahead of demand for the target's default database and role.
+    pub min_idle: usize,
+    /// Most connections (busy and idle) per pool.
+    pub max_size: usize,
+    /// Idle connections beyond `min_idle` are closed after this long unused.
+    pub idle_timeout: Duration,
+    /// Upper bound on a connection's age; each gets a deadline jittered below it so
+    /// connections opened together do not all expire together.
+    pub max_lifetime: Duration,
+    /// Longest a client waits for a connection when the pool is at `max_size`.
+    pub checkout_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            min_idle: 0,
+            max_size: 20,
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(45 * 60),
+            checkout_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Lakebase closes a connection idle this long…
+pub const SERVER_IDLE_LIMIT: Duration = Duration::from_secs(24 * 3600);
+/// …and may close any connection this old.
+pub const SERVER_AGE_LIMIT: Duration = Duration::from_secs(3 * 24 * 3600);
+/// Connections are retired this long before those limits, so the server never gets to act.
+const SERVER_LIMIT_MARGIN: Duration = Duration::from_secs(600);
+
+impl PoolSettings {
+    /// These settings with a target's own overrides applied.
+    pub fn overridden_by(&self, overrides: &PoolOverrides) -> PoolSettings {
+        PoolSettings {
+            min_idle: overrides.min_idle.unwrap_or(self.min_idle),
+            max_size: overrides.max_size.unwrap_or(self.max_size),
+            idle_timeout: overrides.idle_timeout.unwrap_or(self.idle_timeout),
+            max_lifetime: overrides.max_lifetime.unwrap_or(self.max_lifetime),
+            checkout_timeout: self.checkout_timeout,
+        }
+    }
+
+    /// Longest a connection may live: `max_lifetime`, but never near the server's age limit.
+    pub fn lifetime_cap(&self) -> Duration {
+        self.max_lifetime.min(SERVER_AGE_LIMIT - SERVER_LIMIT_MARGIN)
+    }
+
+    /// Longest any connection may sit idle, warm ones included: near the server's idle limit
+    /// even a `min_idle` connection is replaced.
+    pub fn idle_cap(&self) -> Duration {
+        SERVER_IDLE_LIMIT - SERVER_LIMIT_MARGIN
+    }
+}
 
 /// Where upstream passwords come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,5 +206,26 @@ impl Config {
             None if self.port == 0 => 0,
             None => self.port.saturating_add(index as u16),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_stay_clear_of_the_servers_limits() {
+        let settings = PoolSettings { max_lifetime: Duration::from_secs(7 * 24 * 3600), ..PoolSettings::default() };
+        assert!(settings.lifetime_cap() < SERVER_AGE_LIMIT);
+        assert!(settings.idle_cap() < SERVER_IDLE_LIMIT);
+        assert_eq!(PoolSettings::default().lifetime_cap(), Duration::from_secs(45 * 60));
+    }
+
+    #[test]
+    fn targets_override_the_global_pool_settings() {
+        let target: crate::target::Target = "postgresql://h/db?max-pool-size=5&idle-timeout=90s".parse().unwrap();
+        let settings = PoolSettings::default().overridden_by(&target.pool);
+        assert_eq!((settings.max_size, settings.idle_timeout), (5, Duration::from_secs(90)));
+        assert_eq!(settings.max_lifetime, PoolSettings::default().max_lifetime);
     }
 }

@@ -6,9 +6,8 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use clap::{ArgAction, CommandFactory};
+use clap::{ArgAction, Command};
 
-use crate::cli::Cli;
 use crate::target::TargetSpec;
 
 /// Target keys and the query parameter each becomes.
@@ -51,15 +50,15 @@ pub struct FileArgs {
     pub targets: Vec<OsString>,
 }
 
-/// Reads `path`. `env_is_set` tells whether an environment variable is set (keys whose
-/// variable is set are left to the environment).
-pub fn load(path: &Path, env_is_set: &dyn Fn(&str) -> bool) -> Result<FileArgs, ConfigFileError> {
+/// Reads `path` as settings for `command` (the proxy's command line, whose options the keys
+/// name). `env_is_set` tells whether an environment variable is set (keys whose variable is
+/// set are left to the environment).
+pub fn load(path: &Path, command: &Command, env_is_set: &dyn Fn(&str) -> bool) -> Result<FileArgs, ConfigFileError> {
     let text = std::fs::read_to_string(path).map_err(|e| fail(path, None, None, format!("cannot read: {e}")))?;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         let line = e.span().map(|span| line_of(&text, span.start));
         fail(path, line, None, e.message().to_owned())
     })?;
-    let command = Cli::command();
     let mut args = FileArgs::default();
     for (key, value) in &table {
         let line = Some(find_line(&text, key, 0));
@@ -101,7 +100,7 @@ pub fn load(path: &Path, env_is_set: &dyn Fn(&str) -> bool) -> Result<FileArgs, 
         };
         // Validate with the option's own parser now, so the error can name the line.
         if let Err(error) =
-            Cli::command().try_get_matches_from(["lakebase-proxy", option.as_str(), "postgresql://validation"])
+            command.clone().try_get_matches_from(["lakebase-proxy", option.as_str(), "postgresql://validation"])
         {
             let message = error.to_string();
             let first = message.lines().next().unwrap_or("invalid value").trim_start_matches("error: ");
@@ -188,7 +187,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("proxy.toml");
         std::fs::write(&path, text).unwrap();
-        load(&path, &|name| name == "LAKEBASE_PROXY_PORT")
+        load(&path, &<crate::cli::Cli as clap::CommandFactory>::command(), &|name| name == "LAKEBASE_PROXY_PORT")
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod config_file;
 pub mod credentials;
 pub mod databricks;
 pub mod error;
+pub mod metrics;
 pub mod ops;
 pub mod pool;
 pub mod protocol;

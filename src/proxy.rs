@@ -17,12 +17,12 @@ use crate::client::{Listener, TargetContext};
 use crate::config::Config;
 use crate::credentials::CredentialCache;
 use crate::ops::view::{ClientRegistry, ProxyView, TargetView};
-use crate::pool::{HostResolver, PoolKey, Pools, Upstream};
+use crate::pool::{PoolKey, Pools, Upstream};
 use crate::resolve::{ResolveTargetError, ResolvedTarget, resolve_targets, roots};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::target::{PoolOverrides, Target, TargetSpec};
 use crate::tls::{self, TlsSetupError};
-use crate::upstream::{ConnectError, Endpoint};
+use crate::upstream::{ConnectError, Connector, Endpoint, HostResolver};
 
 /// Why the proxy could not start (or a reload was refused).
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +121,7 @@ impl RunningProxy {
     /// Resolves the targets, binds every listener, starts the background work, and begins
     /// accepting clients. Nothing is started unless every target could be set up.
     pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
-        crate::ops::metrics::install();
+        crate::metrics::install();
         let resolved = resolve_targets(&config).await.map_err(Box::new)?;
         let client_tls = match &config.client_tls {
             Some(files) => Some(tls::client_facing_config(&files.cert, &files.key)?),
@@ -195,7 +195,7 @@ impl RunningProxy {
         self.targets.retain(is_kept);
         for target in &mut self.targets {
             target.info.spec = new_spec(target).expect("kept targets are wanted");
-            let settings = pool_overrides(&target.info.spec).apply(&config.pool);
+            let settings = config.pool.overridden_by(pool_overrides(&target.info.spec));
             if settings != target.info.pools.upstream().settings() {
                 notes.push(format!("{}: new pool settings apply to new connections", target.info.origin));
                 target.info.pools.upstream().set_settings(settings);
@@ -387,8 +387,10 @@ fn upstream(
     resolver: Option<HostResolver>,
 ) -> Result<Upstream, StartError> {
     let roots = roots(target.ca_file.as_ref().or(config.ca_file.as_ref()));
-    let endpoint = Endpoint::new(target, tls::upstream_config(&roots)?, config.connect_timeout)?;
-    Ok(Upstream::new(target.to_string(), endpoint, credentials, target.pool.apply(&config.pool), resolver))
+    let tls = tls::upstream_config(&roots)?;
+    let endpoint = Endpoint::new(&target.host, target.port, target.connect_to.clone(), tls, config.connect_timeout)?;
+    let connector = Connector::new(target.to_string(), endpoint, credentials, resolver);
+    Ok(Upstream::new(target.to_string(), Arc::new(connector), config.pool.overridden_by(&target.pool)))
 }
 
 /// The pool kept warm: only where the role and database are known up front.

@@ -12,9 +12,9 @@ use crate::databricks::auth::AuthError;
 use crate::databricks::config::ConfigError;
 use crate::databricks::lakebase::ResolveError;
 use crate::databricks::{ApiError, LakebaseSource, Workspace, WorkspaceConfig, client};
-use crate::pool::HostResolver;
 use crate::target::{DEFAULT_PORT, LAKEBASE_DEFAULT_DATABASE, LakebaseTarget, Target, TargetSpec};
 use crate::tls::{self, TlsSetupError, TrustRoots};
+use crate::upstream::HostResolver;
 
 /// An upstream ready to be served.
 pub struct ResolvedTarget {

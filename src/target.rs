@@ -10,7 +10,6 @@ use percent_encoding::percent_decode_str;
 use url::Url;
 
 use crate::databricks::Resource;
-use crate::pool::PoolSettings;
 
 /// Database Lakebase clients land in unless they name another.
 pub const LAKEBASE_DEFAULT_DATABASE: &str = "databricks_postgres";
@@ -125,19 +124,6 @@ pub struct PoolOverrides {
     pub idle_timeout: Option<Duration>,
     /// `max-lifetime=`.
     pub max_lifetime: Option<Duration>,
-}
-
-impl PoolOverrides {
-    /// `settings` with these overrides applied.
-    pub fn apply(&self, settings: &PoolSettings) -> PoolSettings {
-        PoolSettings {
-            min_idle: self.min_idle.unwrap_or(settings.min_idle),
-            max_size: self.max_size.unwrap_or(settings.max_size),
-            idle_timeout: self.idle_timeout.unwrap_or(settings.idle_timeout),
-            max_lifetime: self.max_lifetime.unwrap_or(settings.max_lifetime),
-            checkout_timeout: settings.checkout_timeout,
-        }
-    }
 }
 
 /// Parameters both kinds of target take; `Ok(false)` when `key` is not one of them.
@@ -363,9 +349,8 @@ mod tests {
     #[test]
     fn targets_may_set_their_own_pool_limits() {
         let target: Target = "postgresql://h/db?max-pool-size=5&idle-timeout=90s".parse().unwrap();
-        let settings = target.pool.apply(&PoolSettings::default());
-        assert_eq!((settings.max_size, settings.idle_timeout), (5, Duration::from_secs(90)));
-        assert_eq!(settings.max_lifetime, PoolSettings::default().max_lifetime);
+        assert_eq!((target.pool.max_size, target.pool.idle_timeout), (Some(5), Some(Duration::from_secs(90))));
+        assert_eq!(target.pool.max_lifetime, None);
         let TargetSpec::Lakebase(lakebase) = "projects/app?min-idle=2".parse::<TargetSpec>().unwrap() else {
             unreachable!()
         };

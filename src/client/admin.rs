@@ -9,9 +9,9 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::ClientStream;
+use super::error::{SessionEnd, SessionError};
 use super::handshake::SessionStartup;
-use super::session::{SessionEnd, SessionError};
-use crate::ops::{metrics, view::ProxyView};
+use crate::ops::view::ProxyView;
 use crate::protocol::frame::read_message;
 use crate::protocol::messages::{self, ErrorFields, Severity};
 use crate::protocol::{CancelKey, TransactionStatus, frontend, sqlstate};
@@ -253,7 +253,7 @@ fn show(what: &str, view: &ProxyView) -> Option<Table> {
         ),
         "STATS" => (
             vec!["metric", "value"],
-            metrics::render(view)
+            view.render_metrics()
                 .lines()
                 .filter(|line| !line.starts_with('#') && !line.is_empty())
                 .filter_map(|line| line.rsplit_once(' '))

@@ -1,6 +1,5 @@
 //! Accepting client connections on TCP and unix sockets.
 
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,41 +10,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixListener};
 use tracing::{error, info, warn};
 
-use crate::ops::metrics;
+use crate::metrics;
 use crate::protocol::messages::{ErrorFields, Severity};
 use crate::protocol::sqlstate;
 use crate::shutdown::Shutdown;
 
 use super::session::{TargetContext, serve};
-use super::stream::ClientStream;
-
-/// Where a client connected from.
-#[derive(Debug, Clone)]
-pub enum Peer {
-    /// A TCP peer.
-    Tcp(SocketAddr),
-    /// A unix-socket peer (only local users can reach it; file permissions guard it).
-    Unix,
-}
-
-impl Peer {
-    /// Loopback and unix-socket clients are trusted without a password.
-    pub fn is_trusted(&self) -> bool {
-        match self {
-            Peer::Tcp(address) => address.ip().is_loopback(),
-            Peer::Unix => true,
-        }
-    }
-}
-
-impl fmt::Display for Peer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Peer::Tcp(address) => address.fmt(f),
-            Peer::Unix => f.write_str("unix socket"),
-        }
-    }
-}
+use super::stream::{ClientStream, Peer};
 
 /// A bound listening socket.
 pub enum Listener {

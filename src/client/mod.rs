@@ -2,13 +2,15 @@
 //! client to an upstream connection.
 
 mod admin;
+mod error;
 mod handshake;
 mod listener;
 mod request;
 mod session;
 mod stream;
 
+pub use error::{SessionEnd, SessionError};
 pub use handshake::HandshakeError;
-pub use listener::{Listener, Peer};
-pub use session::{SessionError, TargetContext};
-pub use stream::ClientStream;
+pub use listener::Listener;
+pub use session::TargetContext;
+pub use stream::{ClientStream, Peer};

@@ -3,8 +3,8 @@
 
 use bytes::BytesMut;
 
+use super::error::SessionError;
 use super::handshake::SessionStartup;
-use super::session::SessionError;
 use crate::pool::PoolKey;
 use crate::protocol::messages;
 use crate::protocol::{CancelKey, StartupParams, TransactionStatus};

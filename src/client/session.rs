@@ -2,7 +2,6 @@
 //! handshake -> local auth -> pool checkout (now, or at the first message with
 //! `--lazy-attach`) -> greeting -> relay -> release.
 
-use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -13,14 +12,15 @@ use tokio::io::AsyncWriteExt;
 use tracing::{Instrument, debug, info, info_span};
 
 use super::admin;
+use super::error::{SessionEnd, SessionError};
 use super::handshake::{Handshake, negotiate};
 use super::request::{SessionRequest, canonical_setting, write_ready};
-use super::{ClientStream, HandshakeError, Peer};
+use super::{ClientStream, Peer};
 use crate::cancel::{CancelRegistry, CancelRoute};
 use crate::error::UserFacing;
-use crate::ops::metrics;
+use crate::metrics;
 use crate::ops::view::{ClientEntry, ClientInfo, ClientRegistry, ProxyView};
-use crate::pool::{CheckoutError, Lease, Pool, Pools};
+use crate::pool::{Lease, Pool, Pools};
 use crate::protocol::messages::{self, ErrorFields, Severity};
 use crate::protocol::sqlstate;
 use crate::protocol::{CancelKey, backend, frontend};
@@ -56,89 +56,6 @@ pub struct TargetContext {
     pub clients: Arc<ClientRegistry>,
     /// The whole proxy, for the admin console.
     pub view: Arc<ProxyView>,
-}
-
-/// A session that ended in failure; the client is told via [`UserFacing`].
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// The startup handshake failed.
-    #[error(transparent)]
-    Handshake(#[from] HandshakeError),
-    /// The client did not complete the startup in time.
-    #[error("no startup message within {}s", .0.as_secs())]
-    StartupTimeout(Duration),
-    /// The client connected from an address the proxy does not trust.
-    #[error("connections from {0} are not accepted: lakebase-proxy trusts only loopback and unix-socket clients")]
-    UntrustedPeer(String),
-    /// A replication connection was asked for.
-    #[error("replication connections are not supported through lakebase-proxy")]
-    Replication,
-    /// No upstream connection could be had.
-    #[error(transparent)]
-    Checkout(#[from] CheckoutError),
-    /// The client connection failed.
-    #[error("client connection failed: {0}")]
-    ClientIo(io::Error),
-    /// The client broke the message framing.
-    #[error("invalid message from the client: {0}")]
-    ClientProtocol(io::Error),
-    /// The upstream connection went away without a word.
-    #[error("the upstream connection was lost{}", .0.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
-    UpstreamLost(Option<io::Error>),
-    /// The upstream broke the message framing.
-    #[error("invalid message from the upstream: {0}")]
-    UpstreamProtocol(io::Error),
-    /// The proxy is shutting down.
-    #[error("terminating connection due to administrator command")]
-    ShuttingDown,
-}
-
-impl SessionError {
-    /// For sessions turned away before they started, why (a metric label).
-    fn refusal(&self) -> Option<&'static str> {
-        match self {
-            SessionError::Handshake(_) => Some("protocol"),
-            SessionError::StartupTimeout(_) => Some("startup_timeout"),
-            SessionError::UntrustedPeer(_) => Some("untrusted"),
-            SessionError::Replication => Some("replication"),
-            SessionError::Checkout(CheckoutError::Exhausted { .. }) => Some("pool_exhausted"),
-            SessionError::Checkout(CheckoutError::Connect(_)) => Some("upstream_login"),
-            _ => None,
-        }
-    }
-}
-
-impl UserFacing for SessionError {
-    fn to_client(&self) -> ErrorFields {
-        let fatal = |code| ErrorFields::new(Severity::Fatal, code, format!("lakebase-proxy: {self}"));
-        match self {
-            SessionError::Handshake(error) => error.to_client(),
-            SessionError::Checkout(error) => error.to_client(),
-            SessionError::StartupTimeout(_) | SessionError::ClientProtocol(_) => fatal(sqlstate::PROTOCOL_VIOLATION),
-            SessionError::UntrustedPeer(_) => fatal(sqlstate::INVALID_AUTHORIZATION),
-            SessionError::Replication => fatal(sqlstate::FEATURE_NOT_SUPPORTED),
-            SessionError::ClientIo(_) | SessionError::UpstreamLost(_) | SessionError::UpstreamProtocol(_) => {
-                fatal(sqlstate::CONNECTION_FAILURE)
-            }
-            SessionError::ShuttingDown => {
-                fatal(sqlstate::ADMIN_SHUTDOWN).with_hint("lakebase-proxy is shutting down; reconnect in a moment.")
-            }
-        }
-    }
-}
-
-/// How a session ended without error.
-#[derive(Debug)]
-pub(super) enum SessionEnd {
-    /// Connected and left without a startup message (probes, port scans).
-    NoStartup,
-    /// A cancel request was handled.
-    Cancel,
-    /// The client finished (Terminate or close).
-    ClientDone,
-    /// The upstream ended the session and told the client why (a FATAL such as
-    /// `pg_terminate_backend`).
-    UpstreamEnded,
 }
 
 /// Serves one client connection to completion.
@@ -318,8 +235,9 @@ async fn attach(
         info.state = "active";
         info.upstream_pid = Some(connection.key().pid);
     });
-    let _cancel_route =
-        ctx.cancels.register(client_key, CancelRoute { upstream: ctx.pools.upstream().clone(), key: connection.key() });
+    let _cancel_route = ctx
+        .cancels
+        .register(client_key, CancelRoute { connector: ctx.pools.upstream().connector.clone(), key: connection.key() });
     let mut relay = Relay::default();
     relay.preload(client_bytes, &connection.take_leftover()).map_err(SessionError::ClientProtocol)?;
     let mut shutdown = ctx.shutdown.clone();

@@ -1,4 +1,6 @@
+use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -95,5 +97,33 @@ impl AsyncWrite for ClientStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         delegate!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// Where a client connected from.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    /// A TCP peer.
+    Tcp(SocketAddr),
+    /// A unix-socket peer (only local users can reach it; file permissions guard it).
+    Unix,
+}
+
+impl Peer {
+    /// Loopback and unix-socket clients are trusted without a password.
+    pub fn is_trusted(&self) -> bool {
+        match self {
+            Peer::Tcp(address) => address.ip().is_loopback(),
+            Peer::Unix => true,
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(address) => address.fmt(f),
+            Peer::Unix => f.write_str("unix socket"),
+        }
     }
 }

@@ -90,7 +90,7 @@ impl CredentialCache {
             return Ok(secret);
         }
         let result = self.source.fetch().await;
-        crate::ops::metrics::credential_refresh(&self.source.describe(), result.is_ok());
+        crate::metrics::credential_refresh(&self.source.describe(), result.is_ok());
         let now = SystemTime::now();
         let mut state = self.state.lock().unwrap();
         match result {

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info};
 
 use super::health::Health;
-use super::metrics;
+use crate::metrics;
 
 /// Binds the admin listener and serves it in the background.
 pub async fn serve(address: SocketAddr, health: Arc<Health>) -> std::io::Result<SocketAddr> {
@@ -52,7 +52,7 @@ async fn route(request: Request<Incoming>, health: Arc<Health>) -> Result<Respon
     let response = match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => {
             let text = match health.view() {
-                Some(view) => metrics::render(&view),
+                Some(view) => view.render_metrics(),
                 None => metrics::install().render(),
             };
             let mut response = reply(StatusCode::OK, text);

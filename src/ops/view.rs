@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use tokio::sync::Semaphore;
 
 use crate::credentials::CredentialCache;
+use crate::metrics;
 use crate::pool::Pools;
 
 /// What the ops surfaces look at. Targets, caches and settings change on a reload.
@@ -45,6 +46,31 @@ impl ProxyView {
     /// Effective settings, secrets masked.
     pub fn settings(&self) -> Vec<(String, String)> {
         self.settings.read().unwrap().clone()
+    }
+
+    /// Renders every metric, after refreshing the gauges that are read rather than recorded:
+    /// connections per pool state and credential ages.
+    pub fn render_metrics(&self) -> String {
+        for target in &self.targets() {
+            let (mut idle, mut open) = (0, 0);
+            for pool in target.pools.all() {
+                let (pool_idle, pool_open) = pool.counts();
+                idle += pool_idle;
+                open += pool_open;
+            }
+            metrics::upstream_connections(&target.label, idle, open);
+        }
+        let now = SystemTime::now();
+        for cache in &self.caches() {
+            let status = cache.status();
+            let age = status.fetched_at.map(|at| now.duration_since(at).unwrap_or_default().as_secs_f64());
+            let left = status.expires_at.map(|at| match at.duration_since(now) {
+                Ok(left) => left.as_secs_f64(),
+                Err(past) => -past.duration().as_secs_f64(),
+            });
+            metrics::credential_times(&cache.describe(), age, left);
+        }
+        metrics::install().render()
     }
 
     /// Replaces what the view shows (at start and after a reload).

@@ -1,10 +1,13 @@
+//! Background upkeep: closing idle connections past their time, and keeping the warm pool
+//! filled.
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
 use super::{Pool, Pools};
-use crate::ops::metrics;
+use crate::metrics;
 use crate::protocol::StartupParams;
 
 /// How often maintenance runs at most and at least.
@@ -36,7 +39,7 @@ impl Pools {
 impl Pool {
     /// Closes idle connections that are dead, past their deadline, idle longer than the idle
     /// timeout while more than `keep` are idle, or idle so long the server would close them.
-    fn prune(&self, keep: usize) {
+    pub(super) fn prune(&self, keep: usize) {
         let now = Instant::now();
         let idle_timeout = self.settings().idle_timeout;
         let idle_cap = self.settings().idle_cap();
@@ -44,41 +47,28 @@ impl Pool {
         let before = state.idle.len();
         let mut idle_count = before;
         // Oldest first, so the most recently used survive.
-        state.idle.retain_mut(|pooled| {
-            let idle_for = now.duration_since(pooled.idle_since);
-            let expired = now >= pooled.deadline || idle_for >= idle_cap || !pooled.connection.looks_alive();
+        state.idle.retain_mut(|idle| {
+            let idle_for = now.duration_since(idle.idle_since);
+            let expired = now >= idle.deadline || idle_for >= idle_cap || !idle.connection.looks_alive();
             let stale = idle_count > keep && idle_for >= idle_timeout;
-            let close = expired || stale;
-            if close {
+            if expired || stale {
                 metrics::upstream_retired(&self.upstream.label, if stale { "idle" } else { "lifetime" });
-            }
-            if close {
                 idle_count -= 1;
             }
-            !close
+            !(expired || stale)
         });
         let closed = before - state.idle.len();
         if closed > 0 {
-            state.open -= closed;
-            drop(state);
             debug!(pool = %self.key, closed, "closed idle connections");
-            self.available.notify_waiters();
         }
     }
 
     /// Opens connections until `target` are idle or the pool is full, one at a time so a
     /// slow or failing upstream sees no burst.
-    async fn fill(self: &Arc<Self>, target: usize) {
-        loop {
-            {
-                let mut state = self.state.lock().unwrap();
-                if state.idle.len() >= target || state.open >= self.upstream.max_pool_size() {
-                    return;
-                }
-                state.open += 1;
-            }
+    pub(super) async fn fill(self: &Arc<Self>, target: usize) {
+        while let Some(slot) = self.reserve_for_fill(target) {
             match self.open(&StartupParams::default()).await {
-                Ok(pooled) => self.put_idle(pooled),
+                Ok(idle) => slot.into_idle(idle),
                 Err(error) => {
                     warn!(pool = %self.key, %error, "could not open a warm connection");
                     return;

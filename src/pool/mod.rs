@@ -1,75 +1,34 @@
 //! The session pool: warm, logged-in upstream connections, kept per [`PoolKey`] and handed
 //! to one client at a time.
 //!
-//! A connection goes back to the pool only when the relay saw it idle outside any
-//! transaction; it is then reset with `DISCARD ALL` off the client's path, and the settings
-//! its client was given (`application_name`, ...) are SET again in the same round trip, so
-//! the next client of the same application takes it as it is. Connections past their
-//! (jittered) lifetime, idle too long, or found dead are closed.
+//! Opening connections is the upstream side's business, asked for through
+//! [`Connect`](crate::upstream::Connect); the pool decides who gets which connection and when:
+//! checkout with exact or adjusted settings, waiting in arrival order when the pool is full
+//! ([`slot`]), eviction, warm fill and lifetimes ([`maintenance`]). A connection goes back to
+//! the pool only when the relay saw it idle outside any transaction; it is then reset with
+//! `DISCARD ALL` off the client's path, and the settings its client was given
+//! (`application_name`, ...) are SET again in the same round trip, so the next client of the
+//! same application takes it as it is ([`lease`]). Connections past their (jittered)
+//! lifetime, idle too long, or found dead are closed.
 
 mod checkout;
+mod lease;
 mod maintenance;
+mod slot;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+pub use checkout::CheckoutError;
+pub use lease::Lease;
 
-pub use checkout::{CheckoutError, Lease};
-
-use crate::credentials::{BoxFuture, CredentialCache};
-use crate::ops::metrics;
-use crate::upstream::{Endpoint, ServerConnection};
-
-/// Pool limits and lifetimes, shared by all pools of a target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolSettings {
-    /// Connections opened ahead of demand for the target's default database and role.
-    pub min_idle: usize,
-    /// Most connections (busy and idle) per pool.
-    pub max_size: usize,
-    /// Idle connections beyond `min_idle` are closed after this long unused.
-    pub idle_timeout: Duration,
-    /// Upper bound on a connection's age; each gets a deadline jittered below it so
-    /// connections opened together do not all expire together.
-    pub max_lifetime: Duration,
-    /// Longest a client waits for a connection when the pool is at `max_size`.
-    pub checkout_timeout: Duration,
-}
-
-impl Default for PoolSettings {
-    fn default() -> Self {
-        PoolSettings {
-            min_idle: 0,
-            max_size: 20,
-            idle_timeout: Duration::from_secs(600),
-            max_lifetime: Duration::from_secs(45 * 60),
-            checkout_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Lakebase closes a connection idle this long…
-pub const SERVER_IDLE_LIMIT: Duration = Duration::from_secs(24 * 3600);
-/// …and may close any connection this old.
-pub const SERVER_AGE_LIMIT: Duration = Duration::from_secs(3 * 24 * 3600);
-/// Connections are retired this long before those limits, so the server never gets to act.
-const SERVER_LIMIT_MARGIN: Duration = Duration::from_secs(600);
-
-impl PoolSettings {
-    /// Longest a connection may live: `max_lifetime`, but never near the server's age limit.
-    pub fn lifetime_cap(&self) -> Duration {
-        self.max_lifetime.min(SERVER_AGE_LIMIT - SERVER_LIMIT_MARGIN)
-    }
-
-    /// Longest any connection may sit idle, warm ones included: near the server's idle limit
-    /// even a `min_idle` connection is replaced.
-    pub fn idle_cap(&self) -> Duration {
-        SERVER_IDLE_LIMIT - SERVER_LIMIT_MARGIN
-    }
-}
+use crate::config::PoolSettings;
+use crate::metrics;
+use crate::upstream::{Connect, ServerConnection};
 
 /// What makes upstream connections interchangeable: the same database, role and `options`
 /// (which can hold settings a session cannot change later). Other startup parameters
@@ -94,31 +53,17 @@ impl std::fmt::Display for PoolKey {
 pub type ServerParams = Arc<[(String, String)]>;
 
 /// An idle connection with the time it must be closed by.
-struct Pooled {
+struct Idle {
     connection: ServerConnection,
     deadline: Instant,
     idle_since: Instant,
 }
 
-#[derive(Default)]
-struct PoolState {
-    /// Idle connections, most recently used last.
-    idle: Vec<Pooled>,
-    /// Connections that exist or are being opened: idle, leased, or being reset.
-    open: usize,
-}
-
-/// The connections of one [`PoolKey`].
-pub struct Pool {
-    key: PoolKey,
-    upstream: Arc<Upstream>,
-    state: Mutex<PoolState>,
-    /// Signalled when a connection goes idle or a slot frees up.
-    available: Notify,
-    /// ParameterStatus values of the last login, to greet clients before attaching.
-    greeting: Mutex<Option<ServerParams>>,
-    /// Checkouts so far, by [`CheckoutKind`].
-    checkouts: [AtomicU64; 3],
+impl Idle {
+    /// Not past its deadline and, as far as a non-blocking look can tell, still connected.
+    fn usable(&mut self) -> bool {
+        Instant::now() < self.deadline && self.connection.looks_alive()
+    }
 }
 
 /// How a checkout found its connection.
@@ -143,47 +88,20 @@ impl CheckoutKind {
     }
 }
 
-/// Everything needed to open connections to one target.
+/// What every pool of one target shares: how to connect, and the limits.
 pub struct Upstream {
     /// The target, as metrics and logs name it.
     pub label: String,
-    /// Where to connect.
-    pub endpoint: Endpoint,
-    /// The password source, if the upstream wants one.
-    pub credentials: Option<Arc<CredentialCache>>,
+    /// Opens connections (and forwards cancel requests) for this target.
+    pub connector: Arc<dyn Connect>,
     /// Limits for every pool of this target; a reload may change them for new connections.
     settings: RwLock<PoolSettings>,
-    /// Looks the host up again after connection failures (Lakebase names).
-    resolver: Option<HostResolver>,
-    last_resolution: Mutex<Option<Instant>>,
-    /// Connection slots the server offers ordinary roles, learnt at the first login.
-    capacity: OnceLock<usize>,
 }
 
-/// Looks a target's host up again; errors are reported as text.
-pub type HostResolver = Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
-
-/// Re-resolutions are spaced at least this far apart, however many connections fail.
-const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
-
 impl Upstream {
-    /// An upstream; `resolver` is for targets whose host can move (Lakebase names).
-    pub fn new(
-        label: String,
-        endpoint: Endpoint,
-        credentials: Option<Arc<CredentialCache>>,
-        settings: PoolSettings,
-        resolver: Option<HostResolver>,
-    ) -> Upstream {
-        Upstream {
-            label,
-            endpoint,
-            credentials,
-            settings: RwLock::new(settings),
-            resolver,
-            last_resolution: Mutex::new(None),
-            capacity: OnceLock::new(),
-        }
+    /// An upstream reached through `connector`, with pool limits `settings`.
+    pub fn new(label: String, connector: Arc<dyn Connect>, settings: PoolSettings) -> Upstream {
+        Upstream { label, connector, settings: RwLock::new(settings) }
     }
 
     /// The current pool settings.
@@ -200,67 +118,28 @@ impl Upstream {
     /// server allows (Lakebase's max_connections depends on the compute size), leaving room
     /// for other clients and the pool's other keys.
     pub fn max_pool_size(&self) -> usize {
-        match self.capacity.get() {
-            Some(&capacity) => self.settings().max_size.min((capacity * 9 / 10).max(1)),
-            None => self.settings().max_size,
+        let max_size = self.settings().max_size;
+        match self.connector.capacity() {
+            Some(capacity) => max_size.min((capacity * 9 / 10).max(1)),
+            None => max_size,
         }
     }
+}
 
-    /// Learns the server's connection capacity from a fresh connection, once per target.
-    async fn learn_capacity(&self, connection: &mut ServerConnection) {
-        if self.capacity.get().is_some() {
-            return;
-        }
-        let sql =
-            "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int";
-        if let Ok(Ok(Some(value))) = connection.simple_query(sql).await
-            && let Ok(capacity) = value.trim().parse::<usize>()
-            && self.capacity.set(capacity).is_ok()
-            && self.max_pool_size() < self.settings().max_size
-        {
-            tracing::warn!(
-                capacity,
-                max_pool_size = self.max_pool_size(),
-                "--max-pool-size is more than the server allows; each pool is capped at 90% of its connections"
-            );
-        }
-    }
-
-    /// After a connection-class failure, looks the host up again in the background (at most
-    /// every 30 s): a Lakebase endpoint's host can change.
-    fn re_resolve_soon(self: &Arc<Self>) {
-        let Some(resolver) = self.resolver.clone() else { return };
-        {
-            let mut last = self.last_resolution.lock().unwrap();
-            if last.is_some_and(|at| at.elapsed() < RESOLVE_INTERVAL) {
-                return;
-            }
-            *last = Some(Instant::now());
-        }
-        let upstream = self.clone();
-        tokio::spawn(async move {
-            match resolver().await {
-                Ok(host) => match upstream.endpoint.set_host(&host) {
-                    Ok(true) => tracing::info!(%host, "the endpoint moved; new connections go to the new host"),
-                    Ok(false) => tracing::debug!(%host, "re-resolved; the host is unchanged"),
-                    Err(error) => tracing::warn!(%error, "re-resolved to an unusable host"),
-                },
-                Err(error) => tracing::warn!(%error, "could not re-resolve the endpoint"),
-            }
-        });
-    }
+/// The connections of one [`PoolKey`].
+pub struct Pool {
+    key: PoolKey,
+    upstream: Arc<Upstream>,
+    state: Mutex<slot::PoolState>,
+    /// ParameterStatus values of the last login, to greet clients before attaching.
+    greeting: Mutex<Option<ServerParams>>,
+    /// Checkouts so far, by [`CheckoutKind`].
+    checkouts: [AtomicU64; 3],
 }
 
 impl Pool {
     fn new(key: PoolKey, upstream: Arc<Upstream>) -> Pool {
-        Pool {
-            key,
-            upstream,
-            state: Mutex::default(),
-            available: Notify::new(),
-            greeting: Mutex::new(None),
-            checkouts: Default::default(),
-        }
+        Pool { key, upstream, state: Mutex::default(), greeting: Mutex::new(None), checkouts: Default::default() }
     }
 
     /// How many checkouts of this pool went `kind`'s way.
@@ -299,20 +178,19 @@ impl Pool {
             .collect()
     }
 
-    /// (idle, open) connection counts.
+    /// (idle, open) connection counts; open counts idle, lent, resetting and opening ones.
     pub fn counts(&self) -> (usize, usize) {
         let state = self.state.lock().unwrap();
-        (state.idle.len(), state.open)
+        (state.idle.len(), state.idle.len() + state.busy)
+    }
+
+    /// Clients waiting for a connection.
+    pub fn waiting(&self) -> usize {
+        self.state.lock().unwrap().waiters.len()
     }
 
     fn settings(&self) -> PoolSettings {
         self.upstream.settings()
-    }
-
-    /// Gives back a slot whose connection was closed or never opened.
-    fn forget_one(&self) {
-        self.state.lock().unwrap().open -= 1;
-        self.available.notify_one();
     }
 }
 
@@ -349,18 +227,5 @@ impl Pools {
     /// The upstream these pools connect to.
     pub fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lifetimes_stay_clear_of_the_servers_limits() {
-        let settings = PoolSettings { max_lifetime: Duration::from_secs(7 * 24 * 3600), ..PoolSettings::default() };
-        assert!(settings.lifetime_cap() < SERVER_AGE_LIMIT);
-        assert!(settings.idle_cap() < SERVER_IDLE_LIMIT);
-        assert_eq!(PoolSettings::default().lifetime_cap(), Duration::from_secs(45 * 60));
     }
 }

@@ -16,19 +16,13 @@ use super::{ConnectError, auth};
 use crate::credentials::Secret;
 use crate::protocol::codes::encryption_answer;
 use crate::protocol::{CancelKey, StartupParams};
-use crate::target::Target;
 use crate::tls;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Where and how to open upstream connections for one target.
 pub struct Endpoint {
-    /// The current address; replaced when a Lakebase name resolves to a new host.
-    address: RwLock<Arc<Address>>,
-    /// Upstream port.
-    port: u16,
-    /// A fixed dial address (`connect-to=`), if any.
-    connect_to: Option<(String, u16)>,
+    host: Arc<MovableHost>,
     tls: TlsConnector,
     /// Limit for one attempt at TCP connect, TLS and login together.
     attempt_timeout: Duration,
@@ -58,25 +52,18 @@ impl Address {
     }
 }
 
-impl Endpoint {
-    /// An endpoint for `target`, verifying with `tls_config`.
-    pub fn new(
-        target: &Target,
-        tls_config: Arc<ClientConfig>,
-        connect_timeout: Duration,
-    ) -> Result<Endpoint, ConnectError> {
-        Ok(Endpoint {
-            address: RwLock::new(Arc::new(Address::new(&target.host, target.port, &target.connect_to)?)),
-            port: target.port,
-            connect_to: target.connect_to.clone(),
-            tls: TlsConnector::from(tls_config),
-            attempt_timeout: connect_timeout.min(MAX_ATTEMPT),
-            connect_timeout,
-        })
-    }
+/// The host an endpoint connects to, which a re-resolved Lakebase name can move.
+pub struct MovableHost {
+    /// The current address.
+    address: RwLock<Arc<Address>>,
+    /// Upstream port.
+    port: u16,
+    /// A fixed dial address (`connect-to=`), if any.
+    connect_to: Option<(String, u16)>,
+}
 
-    /// Points new connections at `host` (a re-resolved Lakebase endpoint); returns whether it
-    /// changed.
+impl MovableHost {
+    /// Points new connections at `host`; returns whether it changed.
     pub fn set_host(&self, host: &str) -> Result<bool, ConnectError> {
         if self.current().host == host {
             return Ok(false);
@@ -87,6 +74,35 @@ impl Endpoint {
 
     fn current(&self) -> Arc<Address> {
         self.address.read().unwrap().clone()
+    }
+}
+
+impl Endpoint {
+    /// An endpoint for `host`:`port` (dialled at `connect_to` instead when given, while still
+    /// verifying and naming `host`), verifying with `tls_config`.
+    pub fn new(
+        host: &str,
+        port: u16,
+        connect_to: Option<(String, u16)>,
+        tls_config: Arc<ClientConfig>,
+        connect_timeout: Duration,
+    ) -> Result<Endpoint, ConnectError> {
+        let address = RwLock::new(Arc::new(Address::new(host, port, &connect_to)?));
+        Ok(Endpoint {
+            host: Arc::new(MovableHost { address, port, connect_to }),
+            tls: TlsConnector::from(tls_config),
+            attempt_timeout: connect_timeout.min(MAX_ATTEMPT),
+            connect_timeout,
+        })
+    }
+
+    /// The host, to move it when a Lakebase name resolves elsewhere (from a background task).
+    pub fn host(&self) -> Arc<MovableHost> {
+        self.host.clone()
+    }
+
+    fn current(&self) -> Arc<Address> {
+        self.host.current()
     }
 
     /// How long a client may wait for a connection to open, retries included.
@@ -187,19 +203,18 @@ mod tests {
     #[test]
     fn a_moved_host_changes_where_new_connections_go() {
         let tls = upstream_config(&TrustRoots::System).unwrap();
-        let target: Target = "postgresql://ep-one.example.com/db".parse().unwrap();
-        let endpoint = Endpoint::new(&target, tls.clone(), Duration::from_secs(1)).unwrap();
+        let endpoint = Endpoint::new("ep-one.example.com", 5432, None, tls.clone(), Duration::from_secs(1)).unwrap();
         assert_eq!(endpoint.address(), "ep-one.example.com:5432");
-        assert!(!endpoint.set_host("ep-one.example.com").unwrap());
-        assert!(endpoint.set_host("ep-two.example.com").unwrap());
+        assert!(!endpoint.host().set_host("ep-one.example.com").unwrap());
+        assert!(endpoint.host().set_host("ep-two.example.com").unwrap());
         assert_eq!(endpoint.address(), "ep-two.example.com:5432");
-        assert!(endpoint.set_host("not a host name").is_err());
+        assert!(endpoint.host().set_host("not a host name").is_err());
         assert_eq!(endpoint.address(), "ep-two.example.com:5432", "a bad answer changes nothing");
 
         // With connect-to, only the name verified and sent as SNI changes.
-        let tunnelled: Target = "postgresql://ep-one.example.com/db?connect-to=127.0.0.1:7000".parse().unwrap();
-        let endpoint = Endpoint::new(&tunnelled, tls, Duration::from_secs(1)).unwrap();
-        assert!(endpoint.set_host("ep-two.example.com").unwrap());
+        let tunnel = Some(("127.0.0.1".to_owned(), 7000));
+        let endpoint = Endpoint::new("ep-one.example.com", 5432, tunnel, tls, Duration::from_secs(1)).unwrap();
+        assert!(endpoint.host().set_host("ep-two.example.com").unwrap());
         assert_eq!(endpoint.address(), "127.0.0.1:7000");
         assert_eq!(endpoint.current().host, "ep-two.example.com");
     }

@@ -4,10 +4,12 @@
 mod auth;
 mod connect;
 mod connection;
+mod connector;
 mod error;
 mod stream;
 
-pub use connect::Endpoint;
+pub use connect::{Endpoint, MovableHost};
 pub use connection::ServerConnection;
+pub use connector::{Connect, Connector, HostResolver};
 pub use error::ConnectError;
 pub use stream::{ServerStream, UpstreamStream};

@@ -1,13 +1,11 @@
-//! Metric names and the few functions that record them. Everything is recorded per session
-//! or per event, never per relayed message, so the relay's hot path stays free of it.
+//! Metric names and the few functions that record them: a leaf that the modules owning the
+//! events call. Everything is recorded per session or per event, never per relayed message,
+//! so the relay's hot path stays free of it.
 
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use super::view::ProxyView;
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 pub fn install() -> &'static PrometheusHandle {
@@ -111,34 +109,19 @@ pub fn session_traffic(target: &str, to_upstream: u64, to_client: u64, round_tri
     counter!("lakebase_proxy_query_round_trips_total", "target" => target).increment(round_trips);
 }
 
-/// Renders everything, after refreshing the gauges that are read rather than recorded:
-/// connections per pool state and credential ages.
-pub fn render(view: &ProxyView) -> String {
-    for target in &view.targets() {
-        let (target, pools) = (&target.label, &target.pools);
-        let (mut idle, mut open) = (0, 0);
-        for pool in pools.all() {
-            let (pool_idle, pool_open) = pool.counts();
-            idle += pool_idle;
-            open += pool_open;
-        }
-        gauge!("lakebase_proxy_upstream_connections", "target" => target.clone(), "state" => "idle").set(idle as f64);
-        gauge!("lakebase_proxy_upstream_connections", "target" => target.clone(), "state" => "active")
-            .set(open.saturating_sub(idle) as f64);
+/// Sets the gauges of connections per pool state for one target.
+pub fn upstream_connections(target: &str, idle: usize, open: usize) {
+    gauge!("lakebase_proxy_upstream_connections", "target" => target.to_owned(), "state" => "idle").set(idle as f64);
+    gauge!("lakebase_proxy_upstream_connections", "target" => target.to_owned(), "state" => "active")
+        .set(open.saturating_sub(idle) as f64);
+}
+
+/// Sets a credential source's age and time to expiry, in seconds (negative once expired).
+pub fn credential_times(source: &str, age: Option<f64>, expires_in: Option<f64>) {
+    if let Some(age) = age {
+        gauge!("lakebase_proxy_credential_age_seconds", "source" => source.to_owned()).set(age);
     }
-    let now = SystemTime::now();
-    for cache in &view.caches() {
-        let status = cache.status();
-        let source = cache.describe();
-        let seconds = |d: Result<Duration, _>| d.map(|d: Duration| d.as_secs_f64());
-        if let Some(fetched) = status.fetched_at {
-            let age = seconds(now.duration_since(fetched)).unwrap_or(0.0);
-            gauge!("lakebase_proxy_credential_age_seconds", "source" => source.clone()).set(age);
-        }
-        if let Some(expiry) = status.expires_at {
-            let left = seconds(expiry.duration_since(now)).unwrap_or_else(|e| -e.duration().as_secs_f64());
-            gauge!("lakebase_proxy_credential_expiry_seconds", "source" => source.clone()).set(left);
-        }
+    if let Some(left) = expires_in {
+        gauge!("lakebase_proxy_credential_expiry_seconds", "source" => source.to_owned()).set(left);
     }
-    install().render()
 }

@@ -1,0 +1,103 @@
+//! A connection lent to one client, and its return: reset off the client's path and back to
+//! the pool, or closed.
+
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use super::Idle;
+use super::slot::Slot;
+use crate::metrics;
+use crate::upstream::ServerConnection;
+
+/// The statement that returns a used connection to a fresh session's state: it closes
+/// cursors, drops prepared statements and temp tables, resets settings and roles, unlistens
+/// and releases advisory locks.
+const RESET_QUERY: &str = "DISCARD ALL";
+/// A reset that takes longer than this means something is wrong with the connection.
+const RESET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An upstream connection lent to one client. Dropping it closes the connection and frees its
+/// place; give it back with [`Lease::release`].
+pub struct Lease {
+    connection: ServerConnection,
+    deadline: Instant,
+    slot: Slot,
+}
+
+impl Lease {
+    pub(super) fn new(idle: Idle, slot: Slot) -> Lease {
+        Lease { connection: idle.connection, deadline: idle.deadline, slot }
+    }
+
+    /// The leased connection.
+    pub fn connection(&mut self) -> &mut ServerConnection {
+        &mut self.connection
+    }
+
+    /// Returns the connection: when `reusable`, it is reset in the background and goes back
+    /// to the pool; otherwise it is closed. `used` says whether the client sent anything
+    /// (an untouched connection needs no reset).
+    pub fn release(self, reusable: bool, used: bool) {
+        let Lease { mut connection, deadline, slot } = self;
+        let label = slot.pool().upstream.label.clone();
+        if !reusable || Instant::now() >= deadline {
+            debug!(connection = connection.id(), reusable, "closing upstream connection at release");
+            metrics::upstream_retired(&label, if reusable { "lifetime" } else { "dirty" });
+            return;
+        }
+        tokio::spawn(async move {
+            if used && !reset(&mut connection).await {
+                metrics::upstream_retired(&label, "dirty");
+                return;
+            }
+            slot.into_idle(Idle { connection, deadline, idle_since: Instant::now() });
+        });
+    }
+}
+
+/// Resets a used connection and gives it its client's settings again, in one round trip.
+/// False when the connection cannot be trusted any more.
+async fn reset(connection: &mut ServerConnection) -> bool {
+    let restore = settings_to_restore(connection);
+    let statements: Vec<&str> = [Some(RESET_QUERY), restore.as_deref()].into_iter().flatten().collect();
+    match tokio::time::timeout(RESET_TIMEOUT, connection.simple_queries(&statements)).await {
+        Ok(Ok(outcomes)) if outcomes[0].is_ok() => {
+            if let Some(Err(error)) = outcomes.get(1) {
+                debug!(connection = connection.id(), %error, "could not restore settings after the reset");
+                let startup = connection.startup_params().clone();
+                connection.set_settings(startup);
+            }
+            true
+        }
+        outcome => {
+            warn!(connection = connection.id(), ?outcome, "reset failed; closing the connection");
+            false
+        }
+    }
+}
+
+/// The SETs that give a session just reset to its startup parameters the settings it carried
+/// before, so the next client of the same application finds an exact match (one round trip
+/// with the reset instead of one more at its checkout).
+fn settings_to_restore(connection: &ServerConnection) -> Option<String> {
+    let sql: String = connection
+        .settings()
+        .iter()
+        .filter(|(name, value)| connection.startup_params().get(name) != Some(value))
+        .map(|(name, value)| format!("SET {} TO {};", quote_identifier(name), quote_literal(value)))
+        .collect();
+    (!sql.is_empty()).then_some(sql)
+}
+
+/// Quotes a setting name as an SQL identifier.
+pub(super) fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a value as an SQL literal that means the same whatever `standard_conforming_strings`
+/// says, as PostgreSQL's own `quote_literal` does.
+pub(super) fn quote_literal(value: &str) -> String {
+    let doubled = value.replace('\'', "''");
+    if value.contains('\\') { format!("E'{}'", doubled.replace('\\', "\\\\")) } else { format!("'{doubled}'") }
+}
