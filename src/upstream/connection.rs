@@ -6,7 +6,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::ConnectError;
-use super::auth::LoginResult;
+use super::login::LoginResult;
 use crate::protocol::frame::{MAX_BUFFERED_MESSAGE, read_message};
 use crate::protocol::messages::ErrorFields;
 use crate::protocol::{CancelKey, StartupParams, backend};
