@@ -16,6 +16,10 @@ use crate::tls::server_end_point_hash;
 use states::{Login, Step, protocol_error};
 
 mod states;
+#[cfg(test)]
+mod test_server;
+#[cfg(test)]
+mod tests;
 
 /// What a successful login yields.
 pub struct LoginResult {
