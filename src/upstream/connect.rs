@@ -12,7 +12,7 @@ use tracing::debug;
 
 use super::connection::ServerConnection;
 use super::stream::{ServerStream, UpstreamStream};
-use super::{ConnectError, auth};
+use super::{ConnectError, login};
 use crate::credentials::Secret;
 use crate::protocol::codes::encryption_answer;
 use crate::protocol::{CancelKey, StartupParams};
@@ -134,7 +134,7 @@ impl Endpoint {
             postgres_protocol::message::frontend::startup_message(startup.iter().copied(), &mut buf)?;
             stream.write_all(&buf).await?;
             stream.flush().await?;
-            let login = auth::authenticate(&mut stream, user, password).await?;
+            let login = login::authenticate(&mut stream, user, password).await?;
             Ok::<_, ConnectError>(ServerConnection::new(
                 ServerStream::Tls(stream),
                 NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),

@@ -4,7 +4,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::ConnectError;
-use super::auth::LoginResult;
+use super::login::LoginResult;
 use super::stream::ServerStream;
 use crate::protocol::frame::{MAX_BUFFERED_MESSAGE, read_message};
 use crate::protocol::messages::ErrorFields;

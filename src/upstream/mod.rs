@@ -1,11 +1,11 @@
 //! The upstream side: verified-TLS connections to the real PostgreSQL, the login on them, and
 //! the few conversations the proxy holds itself (session reset, applying client settings).
 
-mod auth;
 mod connect;
 mod connection;
 mod connector;
 mod error;
+mod login;
 mod stream;
 
 pub use connect::{Endpoint, MovableHost};
