@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fails when the library's modules import each other in a cycle.
+"""Fails when the library's layers are crossed: modules that import each other in a cycle, or a
+bare protocol message-tag byte outside `src/protocol/`.
 
 Layers must point one way: a file may use what lies below it, never what uses it. This reads
 every `src/**/*.rs` of the library (test modules left out: they may reach anywhere), resolves
@@ -12,8 +13,12 @@ parent module's `pub use` re-exports to the child that holds the item), and repo
 each as one loop, e.g. `pool/mod.rs -> ops/metrics.rs -> pool/mod.rs`. A parent module
 declaring its children (`mod x;`) is not an import; a child using its parent is.
 
-Usage: python3 scripts/check-module-cycles.py [SRC_DIR]   (default: src)
-Exit status 1 when there is a cycle, 0 otherwise.
+A message tag means different things by direction (`b'E'` is Execute from a client and
+ErrorResponse from a server), so code outside `src/protocol/` names tags through
+`protocol::{frontend, backend}` instead of writing byte literals such as `b'Z'`.
+
+Usage: python3 scripts/check-layers.py [SRC_DIR]   (default: src)
+Exit status 1 when a layer is crossed, 0 otherwise.
 """
 
 import re
@@ -99,8 +104,22 @@ def absolute(path: str, current: tuple, is_dir_module: bool) -> tuple:
     return tuple(base + segments)
 
 
+TAG_LITERAL = re.compile(r"\bb'[A-Za-z0-9]'")
+
+
+def test_only_files(files: dict) -> set:
+    """Files of modules declared under `#[cfg(test)]` (`mod tests;`): test code."""
+    found = set()
+    for mod, file in files.items():
+        for name in re.findall(r"#\[cfg\(test\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;", file.read_text()):
+            found.add(mod + (name,))
+    return found
+
+
 def main() -> int:
     files = {module_path(f): f for f in SRC.rglob("*.rs") if f.name != "main.rs" and "bin" not in f.parts}
+    for test_module in test_only_files(files):
+        files.pop(test_module, None)
     texts = {mod: strip_tests_and_comments(f.read_text()) for mod, f in files.items()}
 
     # `pub use child::{A, B}` in a parent: A and B live in the child's file.
@@ -151,10 +170,16 @@ def main() -> int:
 
     failures = report("file", {name(m): {name(t) for t in ts} for m, ts in edges.items()})
     failures += report("top-level module", top_edges)
+    for mod, text in sorted(texts.items()):
+        if top(mod) == "protocol":
+            continue
+        for literal in sorted(set(TAG_LITERAL.findall(text))):
+            failures += 1
+            print(f"{name(mod)}: bare byte literal {literal}: name it through protocol::{{frontend, backend}}", file=sys.stderr)
     if failures:
-        print(f"{failures} import cycle(s): make the layers point one way", file=sys.stderr)
+        print(f"{failures} layer violation(s)", file=sys.stderr)
         return 1
-    print(f"no import cycles among {len(files)} files")
+    print(f"no import cycles among {len(files)} files, no bare message tags outside src/protocol/")
     return 0
 
 
