@@ -107,6 +107,12 @@ fn params(pairs: &[(&str, &str)]) -> StartupParams {
     pairs.iter().copied().collect()
 }
 
+/// A checkout running in its own task; it yields the backend pid it got.
+fn spawn_checkout(pool: &Arc<Pool>) -> tokio::task::JoinHandle<Result<i32, CheckoutError>> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.checkout(&params(&[])).await.map(|mut lease| lease.connection().key().pid) })
+}
+
 /// Waits until the pool holds `idle` idle connections (a release resets in the background).
 async fn idle_count_reaches(pool: &Pool, idle: usize) {
     while pool.counts().0 != idle {
@@ -181,10 +187,7 @@ async fn waiters_are_served_in_arrival_order_and_newcomers_do_not_barge() {
 async fn a_checkout_dropped_while_logging_in_gives_its_place_back() {
     let gate = Arc::new(Semaphore::new(0));
     let (pool, connector) = pool_with(StandIn { gate: Some(gate.clone()), ..StandIn::default() }, settings(1));
-    let pending = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.checkout(&params(&[])).await.map(|_| ()) }
-    });
+    let pending = spawn_checkout(&pool);
     while pool.counts().1 == 0 {
         tokio::task::yield_now().await;
     }
@@ -217,17 +220,11 @@ async fn a_fill_dropped_half_way_gives_its_place_back() {
 async fn a_waiter_that_gives_up_does_not_swallow_the_next_free_connection() {
     let (pool, _) = pool_with(StandIn::default(), settings(1));
     let held = pool.checkout(&params(&[])).await.unwrap();
-    let quitter = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.checkout(&params(&[])).await.map(|_| ()) }
-    });
+    let quitter = spawn_checkout(&pool);
     while pool.waiting() < 1 {
         tokio::task::yield_now().await;
     }
-    let patient = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.checkout(&params(&[])).await.map(|mut lease| lease.connection().key().pid) }
-    });
+    let patient = spawn_checkout(&pool);
     while pool.waiting() < 2 {
         tokio::task::yield_now().await;
     }
