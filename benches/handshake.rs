@@ -18,7 +18,7 @@ use bytes::BytesMut;
 use criterion::{Criterion, criterion_group, criterion_main};
 use lakebase_proxy::protocol::messages;
 use lakebase_proxy::protocol::startup::{self, StartupRequest};
-use lakebase_proxy::protocol::{CancelKey, FrameHeader};
+use lakebase_proxy::protocol::{CancelKey, FrameHeader, TransactionStatus};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, duplex};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -53,7 +53,7 @@ fn greeting(buf: &mut BytesMut) {
         messages::parameter_status(buf, name, value);
     }
     messages::backend_key_data(buf, CancelKey { pid: 4242, secret: 0x5eed_1234 });
-    messages::ready_for_query(buf, b'I');
+    messages::ready_for_query(buf, TransactionStatus::Idle);
 }
 
 /// The proxy's side: read and parse the StartupMessage, answer with the greeting.
