@@ -6,7 +6,8 @@ mod support;
 use std::process::{Command, Output};
 
 use support::binary::ProxyProcess;
-use support::{APP_DB, PASSWORD, PgServer, SCRAM_USER, TestPki};
+use support::{APP_DB, PASSWORD, PgServer, SCRAM_USER};
+use test_support::pki::TestPki;
 
 impl ProxyProcess {
     /// The proxy for the shared server's scram_user with `extra` arguments.

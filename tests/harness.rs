@@ -1,11 +1,14 @@
-//! Smoke tests for the integration-test harness in `tests/support`.
+//! Smoke tests for the integration-test harness: `tests/support` and the test-support crate
+//! under it.
 
 mod support;
 
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use support::{APP_DB, CLEAR_USER, MD5_USER, PASSWORD, PgServer, SCRAM_USER, TestPki};
+use support::{APP_DB, CLEAR_USER, MD5_USER, PASSWORD, PgServer, SCRAM_USER};
+use test_support::pki::TestPki;
+use test_support::postgres::pg_bin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -21,7 +24,7 @@ fn psql(server: &PgServer, conn: &str, password: &str, sql: &str) -> Output {
         server.port(),
         server.ca_path().display()
     );
-    Command::new(test_support::pg_bin("psql"))
+    Command::new(pg_bin("psql"))
         .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", &conn, "-c", sql])
         .env("PGPASSWORD", password)
         .output()

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use fake_lakebase::{FakeLakebase, FakeLakebaseConfig, WakeMode};
 use support::http::{mint, mint_instance};
 use support::pgwire::{self, PgError};
-use support::{ALICE, BOB, PgServer};
-use test_support::pg_bin;
+use support::{ALICE, BOB};
+use test_support::postgres::pg_bin;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -28,7 +28,7 @@ struct World {
 
 async fn world() -> World {
     // Blocking, but only once per process and before any I/O of this test.
-    let pg = PgServer::shared();
+    let pg = support::postgres();
     let cfg = FakeLakebaseConfig::new(pg.socket_dir().to_path_buf(), pg.port());
     let fake = FakeLakebase::start(cfg).await.expect("start fake");
     fake.add_user(ALICE, ALICE_PAT);
