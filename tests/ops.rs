@@ -8,9 +8,10 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::binary::{ProxyProcess, free_port};
+use support::binary::ProxyProcess;
 use support::lakebase::{ENDPOINT, World};
 use support::{APP_DB, PgServer, SCRAM_USER};
+use test_support::net::free_port;
 
 /// A plain HTTP/1.1 request; returns (status, body).
 fn http(port: u16, method: &str, path: &str) -> (u16, String) {

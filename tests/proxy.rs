@@ -110,7 +110,8 @@ async fn a_certificate_for_another_host_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_upstream_is_reported() {
     let pg = PgServer::shared();
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Free a moment ago, and nobody listens there now.
+    let closed_port = test_support::net::free_port();
     let target =
         format!("postgresql://{SCRAM_USER}@localhost:{closed_port}/{APP_DB}?sslrootcert={}", pg.ca_path().display());
     let mut config = Config::new(vec![target.parse().unwrap()]);
