@@ -19,15 +19,13 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use lakebase_proxy::protocol::messages;
 use lakebase_proxy::protocol::startup::{self, StartupRequest};
 use lakebase_proxy::protocol::{CancelKey, FrameHeader, TransactionStatus};
+use test_support::wire;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, duplex};
 use tokio::net::{TcpListener, TcpStream};
 
 /// psql 15's StartupMessage (with its length prefix).
 fn psql_startup() -> Vec<u8> {
-    startup::encode_startup(
-        startup::PROTOCOL_3_0,
-        &[("user", "bench"), ("database", "bench"), ("application_name", "psql"), ("client_encoding", "UTF8")],
-    )
+    wire::psql_startup("bench", "bench")
 }
 
 /// The ParameterStatus set PostgreSQL 15 sends at login (what a lazy greeting replays).
