@@ -10,7 +10,7 @@ use lakebase_proxy::config::{Config, PasswordSource};
 use lakebase_proxy::pool::{CheckoutKind, PoolKey};
 use lakebase_proxy::proxy::RunningProxy;
 use support::{APP_DB, CLEAR_USER, MD5_USER, PASSWORD, PgServer, SCRAM_USER};
-use test_support::wire;
+use test_support::{wait, wire};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
@@ -291,12 +291,8 @@ async fn assert_clean(client: &Client) {
 }
 
 /// Waits for a condition the proxy reaches in the background, failing after 10 s.
-async fn wait_until(mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "condition not reached in time");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+async fn wait_until(condition: impl FnMut() -> bool) {
+    wait::until_async(Duration::from_secs(10), condition, || "condition not reached in time".into()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use support::http::{mint, mint_instance};
 use support::pgwire::{self, PgError};
 use support::{ALICE, BOB};
 use test_support::postgres::pg_bin;
-use test_support::{tls, wire};
+use test_support::{tls, wait, wire};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -56,11 +56,8 @@ impl World {
 
     /// Polls `cond` every 20 ms for up to 10 s.
     async fn wait_for(&self, what: &str, cond: impl Fn(&FakeLakebase) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !cond(&self.fake) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let why = || format!("timed out waiting for {what}");
+        wait::until_async(Duration::from_secs(10), || cond(&self.fake), why).await;
     }
 }
 

@@ -9,6 +9,7 @@
 //!   send what a driver would not (or see what a driver hides).
 //! - [`tls`]: a rustls client trusting only a test CA, and the SSLRequest-then-TLS connect.
 //! - [`net`]: free TCP ports.
+//! - [`wait`]: polling for a condition, with a bound.
 //!
 //! It depends on external crates only (not on lakebase-proxy, not on fake-lakebase), so it
 //! sits below both without a dependency cycle, and its wire encoders are written from the
@@ -21,4 +22,5 @@ pub mod net;
 pub mod pki;
 pub mod postgres;
 pub mod tls;
+pub mod wait;
 pub mod wire;
