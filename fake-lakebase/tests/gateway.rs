@@ -391,7 +391,13 @@ async fn psql_ctrl_c_cancels_through_the_gateway() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    w.wait_for("the query to start", |f| f.counters().active_sessions == 1).await;
+    // Logged in is not enough: psql installs its SIGINT handler only after connecting, so an
+    // early SIGINT would kill it rather than cancel. Wait for the query in the real server.
+    let running = || {
+        let sql = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'";
+        tokio::task::block_in_place(|| support::postgres().superuser_sql(sql)) == "1"
+    };
+    wait::until_async(Duration::from_secs(10), running, || "the query never started".into()).await;
     let pid = child.id().unwrap().to_string();
     // psql 15 sends the CancelRequest in plaintext, like libpq before 17.
     let t = Instant::now();
