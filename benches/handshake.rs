@@ -18,16 +18,14 @@ use bytes::BytesMut;
 use criterion::{Criterion, criterion_group, criterion_main};
 use lakebase_proxy::protocol::messages;
 use lakebase_proxy::protocol::startup::{self, StartupRequest};
-use lakebase_proxy::protocol::{CancelKey, FrameHeader};
+use lakebase_proxy::protocol::{CancelKey, FrameHeader, TransactionStatus};
+use test_support::wire;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, duplex};
 use tokio::net::{TcpListener, TcpStream};
 
 /// psql 15's StartupMessage (with its length prefix).
 fn psql_startup() -> Vec<u8> {
-    startup::encode_startup(
-        startup::PROTOCOL_3_0,
-        &[("user", "bench"), ("database", "bench"), ("application_name", "psql"), ("client_encoding", "UTF8")],
-    )
+    wire::psql_startup("bench", "bench")
 }
 
 /// The ParameterStatus set PostgreSQL 15 sends at login (what a lazy greeting replays).
@@ -53,7 +51,7 @@ fn greeting(buf: &mut BytesMut) {
         messages::parameter_status(buf, name, value);
     }
     messages::backend_key_data(buf, CancelKey { pid: 4242, secret: 0x5eed_1234 });
-    messages::ready_for_query(buf, lakebase_proxy::protocol::TransactionStatus::Idle);
+    messages::ready_for_query(buf, TransactionStatus::Idle);
 }
 
 /// The proxy's side: read and parse the StartupMessage, answer with the greeting.

@@ -13,6 +13,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use lakebase_proxy::protocol::frame::{FrameHeader, take_message};
 use lakebase_proxy::protocol::startup;
 use lakebase_proxy::relay::{Relay, RelayEnd};
+use test_support::wire;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, duplex};
 use tokio::runtime::Runtime;
 
@@ -20,95 +21,52 @@ use tokio::runtime::Runtime;
 // Wire fixtures
 // ---------------------------------------------------------------------------------------------
 
-/// Appends one tagged message: tag, self-inclusive length, body.
-fn put_message(buf: &mut BytesMut, tag: u8, body: &[u8]) {
-    buf.put_u8(tag);
-    buf.put_u32(body.len() as u32 + 4);
-    buf.put_slice(body);
-}
-
-/// RowDescription for `columns` int4 columns.
-fn row_description(columns: &[&str]) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&(columns.len() as u16).to_be_bytes());
-    for name in columns {
-        body.extend_from_slice(name.as_bytes());
-        body.push(0);
-        body.extend_from_slice(&0u32.to_be_bytes()); // table oid
-        body.extend_from_slice(&0u16.to_be_bytes()); // column attnum
-        body.extend_from_slice(&23u32.to_be_bytes()); // int4
-        body.extend_from_slice(&4i16.to_be_bytes()); // type size
-        body.extend_from_slice(&(-1i32).to_be_bytes()); // type modifier
-        body.extend_from_slice(&0u16.to_be_bytes()); // text format
-    }
-    body
-}
-
-/// DataRow with the given text values.
-fn data_row(values: &[&[u8]]) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&(values.len() as u16).to_be_bytes());
-    for value in values {
-        body.extend_from_slice(&(value.len() as u32).to_be_bytes());
-        body.extend_from_slice(value);
-    }
-    body
-}
-
 /// A typical small result set: RowDescription, 100 DataRows, CommandComplete, ReadyForQuery.
 fn result_set_100_rows() -> Bytes {
     let mut buf = BytesMut::new();
-    put_message(&mut buf, b'T', &row_description(&["aid", "bid", "abalance", "filler"]));
+    buf.put_slice(&wire::row_description(&["aid", "bid", "abalance", "filler"]));
     for i in 0..100u32 {
         let aid = i.to_string();
         let filler = [b' '; 84]; // pgbench_accounts.filler is char(84)
-        put_message(&mut buf, b'D', &data_row(&[aid.as_bytes(), b"1", b"0", &filler]));
+        buf.put_slice(&wire::data_row(&[aid.as_bytes(), b"1", b"0", &filler]));
     }
-    put_message(&mut buf, b'C', b"SELECT 100\0");
-    put_message(&mut buf, b'Z', b"I");
+    buf.put_slice(&wire::command_complete("SELECT 100"));
+    buf.put_slice(&wire::ready_for_query(b'I'));
     buf.freeze()
 }
 
 /// The startup body psql 15 sends (after the 4-byte length).
 fn psql_startup_body() -> Vec<u8> {
-    startup::encode_startup(
-        startup::PROTOCOL_3_0,
-        &[("user", "bench"), ("database", "bench"), ("application_name", "psql"), ("client_encoding", "UTF8")],
-    )
-    .split_off(4)
+    wire::psql_startup("bench", "bench").split_off(4)
 }
 
 /// `SELECT 1` as a simple Query.
 fn query_select_1() -> Bytes {
-    let mut buf = BytesMut::new();
-    put_message(&mut buf, b'Q', b"SELECT 1\0");
-    buf.freeze()
+    Bytes::from(wire::query("SELECT 1"))
 }
 
 /// The server's whole answer to `SELECT 1`.
 fn answer_select_1() -> Bytes {
     let mut buf = BytesMut::new();
-    put_message(&mut buf, b'T', &row_description(&["?column?"]));
-    put_message(&mut buf, b'D', &data_row(&[b"1"]));
-    put_message(&mut buf, b'C', b"SELECT 1\0");
-    put_message(&mut buf, b'Z', b"I");
+    buf.put_slice(&wire::row_description(&["?column?"]));
+    buf.put_slice(&wire::data_row(&[b"1"]));
+    buf.put_slice(&wire::command_complete("SELECT 1"));
+    buf.put_slice(&wire::ready_for_query(b'I'));
     buf.freeze()
 }
 
 /// A 10 MiB result streamed as 8 KiB DataRows, closed by CommandComplete and ReadyForQuery.
 fn bulk_answer(total: usize, row: usize) -> Bytes {
     let value = vec![b'x'; row - 5 - 2 - 4]; // header, column count, value length
-    let body = data_row(&[&value]);
+    let data_row = wire::data_row(&[&value]);
     let mut buf = BytesMut::with_capacity(total + 64);
     for _ in 0..total / row {
-        put_message(&mut buf, b'D', &body);
+        buf.put_slice(&data_row);
     }
-    put_message(&mut buf, b'C', b"SELECT 1280\0");
-    put_message(&mut buf, b'Z', b"I");
+    buf.put_slice(&wire::command_complete("SELECT 1280"));
+    buf.put_slice(&wire::ready_for_query(b'I'));
     buf.freeze()
 }
-
-const TERMINATE: &[u8] = b"X\0\0\0\x04";
 
 // ---------------------------------------------------------------------------------------------
 // Codec benches
@@ -211,7 +169,7 @@ async fn finish<S: AsyncWrite + Unpin>(
     relay: Option<tokio::task::JoinHandle<RelayEnd>>,
     server: tokio::task::JoinHandle<()>,
 ) {
-    client.write_all(TERMINATE).await.unwrap();
+    client.write_all(&wire::terminate()).await.unwrap();
     if let Some(relay) = relay {
         let end = relay.await.unwrap();
         assert!(matches!(end, RelayEnd::ClientTerminated), "relay ended with {end:?}");

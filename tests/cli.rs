@@ -6,7 +6,8 @@ mod support;
 use std::process::{Command, Output};
 
 use support::binary::ProxyProcess;
-use support::{APP_DB, PASSWORD, PgServer, SCRAM_USER, TestPki};
+use support::{APP_DB, PASSWORD, PgServer, SCRAM_USER};
+use test_support::pki::TestPki;
 
 impl ProxyProcess {
     /// The proxy for the shared server's scram_user with `extra` arguments.
@@ -173,7 +174,7 @@ fn logs_to_a_file_carry_no_colour_codes() {
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("pw");
     std::fs::write(&password, "unused\n").unwrap();
-    let target = format!("postgresql://app@localhost:{}/app", support::binary::free_port());
+    let target = format!("postgresql://app@localhost:{}/app", test_support::net::free_port());
     let proxy = ProxyProcess::spawn(&[target, format!("--password-file={}", password.display())], &[]);
     let (status, log) = proxy.terminate();
     assert!(status.success(), "exit status {status}: {log}");

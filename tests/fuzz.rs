@@ -28,15 +28,12 @@ use lakebase_proxy::relay::{Relay, RelayEnd};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
+use test_support::wire::{self, CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, SSL_REQUEST_CODE, message};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, duplex};
 
 // ---------------------------------------------------------------------------------------------
 // Shared helpers
 // ---------------------------------------------------------------------------------------------
-
-const SSL_REQUEST: u32 = 80_877_103;
-const GSSENC_REQUEST: u32 = 80_877_104;
-const CANCEL_REQUEST: u32 = 80_877_102;
 
 /// Longest a relay case may take before it counts as a hang.
 const RELAY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,14 +51,6 @@ fn block_on<F: Future>(future: F) -> F::Output {
 
 /// A message as (tag, body).
 type Message = (u8, Vec<u8>);
-
-/// One tagged message: tag, self-inclusive length, body.
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
 
 fn concat(messages: &[Message]) -> Vec<u8> {
     messages.iter().flat_map(|(tag, body)| message(*tag, body)).collect()
@@ -103,7 +92,7 @@ fn protocol_noise(max_segments: usize) -> impl Strategy<Value = Vec<u8>> {
             out.extend_from_slice(&len.to_be_bytes());
             out
         }),
-        1 => prop::sample::select(vec![PROTOCOL_3_0, SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST, 8, 10_000, 10_001])
+        1 => prop::sample::select(vec![PROTOCOL_3_0, SSL_REQUEST_CODE, GSSENC_REQUEST_CODE, CANCEL_REQUEST_CODE, 8, 10_000, 10_001])
             .prop_map(|code| code.to_be_bytes().to_vec()),
         3 => vec(prop_oneof![Just(0u8), Just(b'Z'), Just(b'X'), any::<u8>()], 0..32),
     ];
@@ -162,24 +151,6 @@ fn extra_params() -> impl Strategy<Value = Vec<(String, String)>> {
     })
 }
 
-fn startup_body(version: u32, pairs: &[(String, String)]) -> Vec<u8> {
-    let mut body = version.to_be_bytes().to_vec();
-    for (key, value) in pairs {
-        body.extend_from_slice(key.as_bytes());
-        body.push(0);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    body
-}
-
-fn with_length(body: &[u8]) -> Vec<u8> {
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend_from_slice(body);
-    packet
-}
-
 proptest! {
     #![proptest_config(config(256))]
 
@@ -217,9 +188,9 @@ proptest! {
         for (i, option) in options.iter().enumerate() {
             pairs.insert(at + i, option.clone());
         }
-        let body = startup_body(PROTOCOL_3_0 | u32::from(minor), &pairs);
+        let body = wire::startup_body(PROTOCOL_3_0 | u32::from(minor), &pairs);
         prop_assume!(body.len() + 4 <= MAX_STARTUP_PACKET);
-        let packet = with_length(&body);
+        let packet = wire::packet(&body);
 
         let mut rest = BytesMut::new();
         let read = block_on(startup::read_packet(&mut Chunked::new(&packet, sizes), &mut rest));
@@ -250,16 +221,16 @@ proptest! {
         if let Some(at) = empty_user_at {
             pairs.insert(at.index(pairs.len() + 1), ("user".to_owned(), String::new()));
         }
-        let body = startup_body(PROTOCOL_3_0 | u32::from(minor), &pairs);
+        let body = wire::startup_body(PROTOCOL_3_0 | u32::from(minor), &pairs);
         prop_assert!(matches!(startup::parse(&body), Err(StartupError::Malformed(_))));
     }
 
     #[test]
     fn other_protocol_versions_are_refused(version in any::<u32>(), extra in extra_params()) {
-        prop_assume!(version >> 16 != 3 && ![SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST].contains(&version));
+        prop_assume!(version >> 16 != 3 && ![SSL_REQUEST_CODE, GSSENC_REQUEST_CODE, CANCEL_REQUEST_CODE].contains(&version));
         let mut pairs = extra;
         pairs.push(("user".to_owned(), "u".to_owned()));
-        let result = startup::parse(&startup_body(version, &pairs));
+        let result = startup::parse(&wire::startup_body(version, &pairs));
         prop_assert!(
             matches!(result, Err(StartupError::UnsupportedProtocol { major, minor })
                 if u32::from(major) == version >> 16 && u32::from(minor) == version & 0xffff),
@@ -269,10 +240,8 @@ proptest! {
 
     #[test]
     fn cancel_requests_round_trip(pid in any::<i32>(), secret in any::<u32>()) {
-        let mut body = CANCEL_REQUEST.to_be_bytes().to_vec();
-        body.extend_from_slice(&pid.to_be_bytes());
-        body.extend_from_slice(&secret.to_be_bytes());
-        prop_assert_eq!(startup::parse(&body).unwrap(), StartupRequest::Cancel(CancelKey { pid, secret }));
+        let packet = wire::cancel_request(&[pid.to_be_bytes(), secret.to_be_bytes()].concat());
+        prop_assert_eq!(startup::parse(&packet[4..]).unwrap(), StartupRequest::Cancel(CancelKey { pid, secret }));
     }
 
     /// What `read_packet` does with any input, fully specified.
@@ -616,7 +585,7 @@ fn relay_conversation(
             let mut got = vec![0; to_client.len()];
             let (_, read) = tokio::join!(write_chunked(&mut writer, client_rest, sizes), reader.read_exact(&mut got));
             read.map_err(|e| TestCaseError::fail(format!("client reading: {e}")))?;
-            writer.write_all(&message(b'X', b"")).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+            writer.write_all(&wire::terminate()).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
             // Nothing more comes after the relay lets go.
             let mut rest = Vec::new();
             let _ = reader.read_to_end(&mut rest).await;

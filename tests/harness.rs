@@ -1,16 +1,16 @@
-//! Smoke tests for the integration-test harness in `tests/support`.
+//! Smoke tests for the integration-test harness: `tests/support` and the test-support crate
+//! under it.
 
 mod support;
 
 use std::process::{Command, Output};
-use std::sync::Arc;
 
-use support::{APP_DB, CLEAR_USER, MD5_USER, PASSWORD, PgServer, SCRAM_USER, TestPki};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{APP_DB, CLEAR_USER, MD5_USER, PASSWORD, PgServer, SCRAM_USER};
+use test_support::pki::TestPki;
+use test_support::postgres::pg_bin;
+use test_support::tls;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 const USERS: [&str; 3] = [SCRAM_USER, MD5_USER, CLEAR_USER];
 
@@ -21,7 +21,7 @@ fn psql(server: &PgServer, conn: &str, password: &str, sql: &str) -> Output {
         server.port(),
         server.ca_path().display()
     );
-    Command::new(test_support::pg_bin("psql"))
+    Command::new(pg_bin("psql"))
         .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", &conn, "-c", sql])
         .env("PGPASSWORD", password)
         .output()
@@ -98,21 +98,9 @@ fn roles_store_the_expected_password_kinds() {
 
 /// Sends SSLRequest and attempts a rustls handshake, as the proxy will.
 async fn rustls_handshake(port: u16, ca: &std::path::Path, name: &str) -> std::io::Result<()> {
-    let mut roots = RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_file(ca).unwrap()).unwrap();
-    let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).await?;
-    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
-    let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).await?;
-    assert_eq!(answer[0], b'S');
-    let name = ServerName::try_from(name.to_string()).unwrap();
-    let mut tls = TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
+    assert_eq!(tls::ssl_request(&mut tcp).await?, b'S');
+    let mut tls = tls::handshake(tcp, name, ca, &[]).await?;
     tls.shutdown().await.ok();
     Ok(())
 }

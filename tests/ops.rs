@@ -8,9 +8,11 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::binary::{ProxyProcess, free_port};
+use support::binary::ProxyProcess;
 use support::lakebase::{ENDPOINT, World};
 use support::{APP_DB, PgServer, SCRAM_USER};
+use test_support::net::free_port;
+use test_support::wait;
 
 /// A plain HTTP/1.1 request; returns (status, body).
 fn http(port: u16, method: &str, path: &str) -> (u16, String) {
@@ -145,11 +147,7 @@ fn probes_follow_the_lifecycle_and_quitquitquit_stops_gracefully() {
     assert_eq!(http(http_port, "GET", "/liveness").0, 200);
     assert_eq!(psql(proxy.port, "SELECT 'still here'"), "still here");
     // Then it drains and exits 0.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while proxy.is_running() {
-        assert!(Instant::now() < deadline, "did not exit after POST /quitquitquit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait::until(Duration::from_secs(15), || !proxy.is_running(), || "did not exit after POST /quitquitquit".into());
     let (status, _) = proxy.terminate();
     assert!(status.success(), "{status}");
 }
@@ -279,21 +277,16 @@ fn sighup_adds_and_removes_targets_under_load_without_failures() {
     )
     .unwrap();
     hangup();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", second_port)).is_err() {
-        assert!(Instant::now() < deadline, "the added target never listened: {}", proxy.log_text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let listens = |port| TcpStream::connect(("127.0.0.1", port)).is_ok();
+    let log = || proxy.log_text();
+    let why = |what| move || format!("{what}: {}", log());
+    wait::until(Duration::from_secs(10), || listens(second_port), why("the added target never listened"));
     assert_eq!(psql(second_port, "SELECT current_user"), support::MD5_USER);
 
     // A broken file is rejected and changes nothing.
     std::fs::write(&file, "max_pool_size = \"many\"\n").unwrap();
     hangup();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !proxy.log_text().contains("reload rejected") {
-        assert!(Instant::now() < deadline, "no rejection logged: {}", proxy.log_text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait::until(Duration::from_secs(10), || proxy.log_text().contains("reload rejected"), why("no rejection logged"));
     assert!(proxy.log_text().contains("max_pool_size"), "the rejection names the key: {}", proxy.log_text());
     assert_eq!(psql(second_port, "SELECT 2"), "2");
 
@@ -304,11 +297,7 @@ fn sighup_adds_and_removes_targets_under_load_without_failures() {
     )
     .unwrap();
     hangup();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", first_port)).is_ok() {
-        assert!(Instant::now() < deadline, "the removed target still accepts: {}", proxy.log_text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait::until(Duration::from_secs(10), || !listens(first_port), why("the removed target still accepts"));
     let output = load.join().unwrap();
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{report} {}", String::from_utf8_lossy(&output.stderr));

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt, TryStreamExt};
 use lakebase_proxy::config::{Config, PasswordSource};
 use lakebase_proxy::pool::{CheckoutKind, PoolKey};
-use lakebase_proxy::protocol::startup::encode_startup;
 use lakebase_proxy::proxy::RunningProxy;
 use support::{APP_DB, CLEAR_USER, MD5_USER, PASSWORD, PgServer, SCRAM_USER};
+use test_support::{wait, wire};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
@@ -110,7 +110,8 @@ async fn a_certificate_for_another_host_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_upstream_is_reported() {
     let pg = PgServer::shared();
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Free a moment ago, and nobody listens there now.
+    let closed_port = test_support::net::free_port();
     let target =
         format!("postgresql://{SCRAM_USER}@localhost:{closed_port}/{APP_DB}?sslrootcert={}", pg.ca_path().display());
     let mut config = Config::new(vec![target.parse().unwrap()]);
@@ -290,12 +291,8 @@ async fn assert_clean(client: &Client) {
 }
 
 /// Waits for a condition the proxy reaches in the background, failing after 10 s.
-async fn wait_until(mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "condition not reached in time");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+async fn wait_until(condition: impl FnMut() -> bool) {
+    wait::until_async(Duration::from_secs(10), condition, || "condition not reached in time".into()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,19 +471,14 @@ async fn reloads_keep_only_the_credentials_of_served_targets() {
     proxy.stop().await;
 }
 
-/// Reads one tagged message.
+/// Reads one tagged message (panics on an I/O error).
 async fn read_tag(stream: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
-    let tag = stream.read_u8().await.unwrap();
-    let len = stream.read_u32().await.unwrap() as usize;
-    let mut body = vec![0; len - 4];
-    stream.read_exact(&mut body).await.unwrap();
-    (tag, body)
+    wire::read_message(stream).await.unwrap()
 }
 
 /// Raw protocol: what a hand-written client sees.
 mod raw {
     use super::*;
-    use bytes::BytesMut;
     use tokio::net::TcpStream;
 
     async fn open(proxy: &RunningProxy) -> TcpStream {
@@ -497,11 +489,11 @@ mod raw {
     async fn encryption_requests_are_declined_without_client_tls() {
         let proxy = proxy_for(SCRAM_USER, |_| {}).await;
         let mut stream = open(&proxy).await;
-        stream.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).await.unwrap(); // GSSENCRequest
+        stream.write_all(&wire::gssenc_request()).await.unwrap();
         assert_eq!(stream.read_u8().await.unwrap(), b'N');
-        stream.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap(); // SSLRequest
+        stream.write_all(&wire::ssl_request()).await.unwrap();
         assert_eq!(stream.read_u8().await.unwrap(), b'N');
-        stream.write_all(&encode_startup(3 << 16, &[("user", "x")])).await.unwrap();
+        stream.write_all(&wire::startup_message(3 << 16, &[("user", "x")])).await.unwrap();
         assert_eq!(read_tag(&mut stream).await, (b'R', vec![0, 0, 0, 0]));
         proxy.stop().await;
     }
@@ -510,7 +502,10 @@ mod raw {
     async fn newer_protocol_minors_are_negotiated_down() {
         let proxy = proxy_for(SCRAM_USER, |_| {}).await;
         let mut stream = open(&proxy).await;
-        stream.write_all(&encode_startup((3 << 16) | 2, &[("user", "x"), ("_pq_.extension", "on")])).await.unwrap();
+        stream
+            .write_all(&wire::startup_message((3 << 16) | 2, &[("user", "x"), ("_pq_.extension", "on")]))
+            .await
+            .unwrap();
         let (tag, body) = read_tag(&mut stream).await;
         assert_eq!(tag, b'v');
         assert_eq!(&body[..8], &[0, 3, 0, 0, 0, 0, 0, 1]);
@@ -531,14 +526,14 @@ mod raw {
         assert_eq!(stream.read(&mut [0; 16]).await.unwrap(), 0, "then the socket closes");
         // Half a startup packet, then silence: closed after the startup timeout.
         let mut stream = open(&proxy).await;
-        stream.write_all(&encode_startup(3 << 16, &[("user", "x")])[..9]).await.unwrap();
+        stream.write_all(&wire::startup_message(3 << 16, &[("user", "x")])[..9]).await.unwrap();
         let started = Instant::now();
         let mut rest = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await.unwrap().unwrap();
         assert!(started.elapsed() >= Duration::from_millis(250));
         // Protocol 2.0 is refused.
         let mut stream = open(&proxy).await;
-        stream.write_all(&encode_startup(2 << 16, &[("user", "x")])).await.unwrap();
+        stream.write_all(&wire::startup_message(2 << 16, &[("user", "x")])).await.unwrap();
         let (tag, body) = read_tag(&mut stream).await;
         assert_eq!(tag, b'E');
         assert!(String::from_utf8_lossy(&body).contains("0A000"));
@@ -556,8 +551,7 @@ mod raw {
             let (tag, body) = read_tag(stream).await;
             tags.push(tag);
             if tag == b'D' && first.is_none() {
-                let len = i32::from_be_bytes(body[2..6].try_into().unwrap()) as usize;
-                first = Some(String::from_utf8_lossy(&body[6..6 + len]).into_owned());
+                first = wire::data_row_first(&body);
             }
             if tag == b'Z' {
                 return (tags, first);
@@ -575,17 +569,15 @@ mod raw {
             // from the cache and attaches at its (early) first message.
             for _ in 0..2 {
                 let mut stream = open(&proxy).await;
-                let mut bytes = encode_startup(3 << 16, &[("user", SCRAM_USER), ("database", APP_DB)]);
-                let mut query = BytesMut::new();
-                postgres_protocol::message::frontend::query("SELECT 'early ' || 41 + 1", &mut query).unwrap();
-                bytes.extend_from_slice(&query);
+                let mut bytes = wire::startup_message(3 << 16, &[("user", SCRAM_USER), ("database", APP_DB)]);
+                bytes.extend_from_slice(&wire::query("SELECT 'early ' || 41 + 1"));
                 stream.write_all(&bytes).await.unwrap();
                 let (greeting, _) = read_to_ready(&mut stream).await;
                 assert_eq!(greeting.first(), Some(&b'R'), "lazy={lazy}: {greeting:?}");
                 let answer = tokio::time::timeout(Duration::from_secs(10), read_to_ready(&mut stream)).await;
                 let (tags, value) = answer.unwrap_or_else(|_| panic!("lazy={lazy}: the early query was lost"));
                 assert_eq!(value.as_deref(), Some("early 42"), "lazy={lazy}: {tags:?}");
-                stream.write_all(&[b'X', 0, 0, 0, 4]).await.unwrap();
+                stream.write_all(&wire::terminate()).await.unwrap();
             }
             proxy.stop().await;
         }
@@ -597,8 +589,8 @@ mod raw {
     async fn data_after_an_encryption_request_is_refused() {
         let proxy = proxy_for(SCRAM_USER, |_| {}).await;
         let mut stream = open(&proxy).await;
-        let mut bytes = vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]; // SSLRequest
-        bytes.extend_from_slice(&encode_startup(3 << 16, &[("user", "x")]));
+        let mut bytes = wire::ssl_request();
+        bytes.extend_from_slice(&wire::startup_message(3 << 16, &[("user", "x")]));
         stream.write_all(&bytes).await.unwrap();
         let (tag, body) = read_tag(&mut stream).await;
         assert_eq!(tag, b'E');
@@ -612,7 +604,7 @@ mod raw {
     async fn replication_connections_are_refused() {
         let proxy = proxy_for(SCRAM_USER, |_| {}).await;
         let mut stream = open(&proxy).await;
-        stream.write_all(&encode_startup(3 << 16, &[("user", "x"), ("replication", "database")])).await.unwrap();
+        stream.write_all(&wire::startup_message(3 << 16, &[("user", "x"), ("replication", "database")])).await.unwrap();
         let (tag, body) = read_tag(&mut stream).await;
         assert_eq!(tag, b'E');
         assert!(String::from_utf8_lossy(&body).contains("replication"));
@@ -652,7 +644,7 @@ async fn lazy_clients_are_told_the_servers_own_parameter_values() {
     // A raw client asking for 'utf-8' and a DateStyle written its own way.
     let mut stream = tokio::net::TcpStream::connect(proxy.tcp_address(0)).await.unwrap();
     let pairs = [("user", "x"), ("client_encoding", "'utf-8'"), ("DateStyle", "iso, dmy")];
-    stream.write_all(&encode_startup(3 << 16, &pairs)).await.unwrap();
+    stream.write_all(&wire::startup_message(3 << 16, &pairs)).await.unwrap();
     let mut reported = std::collections::HashMap::new();
     let read_until_ready = async |stream: &mut tokio::net::TcpStream,
                                   reported: &mut std::collections::HashMap<String, String>| loop {
@@ -669,7 +661,7 @@ async fn lazy_clients_are_told_the_servers_own_parameter_values() {
     read_until_ready(&mut stream, &mut reported).await;
     assert_eq!(reported["client_encoding"], "UTF8", "canonical at the greeting");
     // The first query attaches an upstream; the server's own spelling follows.
-    stream.write_all(b"Q\0\0\0\x0dSELECT 1\0").await.unwrap();
+    stream.write_all(&wire::query("SELECT 1")).await.unwrap();
     read_until_ready(&mut stream, &mut reported).await;
     assert_eq!(reported["DateStyle"], "ISO, DMY");
     assert_eq!(reported["client_encoding"], "UTF8");

@@ -4,6 +4,9 @@
 //!
 //! Nothing a client sends may panic the gateway: every malformed input ends in
 //! an ErrorResponse or a closed socket.
+//!
+//! The wire code here is deliberately the fake's own, shared with neither the proxy nor
+//! test-support's encoders (see the crate doc): a bug in shared code could not show itself.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

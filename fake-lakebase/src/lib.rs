@@ -7,6 +7,14 @@
 //! would be easiest: tokens are bound to a role and an endpoint, expiry is
 //! checked only at login, lists are paged (2 items by default), SNI routes.
 //!
+//! Its wire code (the gateway's SSL negotiation, startup and password parsing, error
+//! messages; see `gateway.rs`) is its own on purpose and must stay separate: the fake stands
+//! in for Lakebase and must not share code with the proxy it tests, nor with the message
+//! encoders of `test-support` that the proxy's tests use, so a bug in shared code cannot hide
+//! itself (the proxy and the fake would agree with each other and both be wrong). The one
+//! thing it takes from `test-support` is the test CA that signs its certificates, which is
+//! not what the tests examine.
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use fake_lakebase::{FakeLakebase, FakeLakebaseConfig};

@@ -8,14 +8,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::ALICE;
 use support::http::client_with_ca;
-use support::{ALICE, PgServer};
-use test_support::pg_bin;
+use test_support::postgres::pg_bin;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_prints_its_coordinates_and_serves_until_sigterm() {
-    let pg = PgServer::shared();
+    let pg = support::postgres();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fake-lakebase"))
         .arg("--postgres-socket-dir")
         .arg(pg.socket_dir())

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use fake_lakebase::{FakeLakebase, FakeLakebaseConfig, WakeMode};
 use support::http::{mint, mint_instance};
 use support::pgwire::{self, PgError};
-use support::{ALICE, BOB, PgServer};
-use test_support::pg_bin;
+use support::{ALICE, BOB};
+use test_support::postgres::pg_bin;
+use test_support::{tls, wait, wire};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -28,7 +29,7 @@ struct World {
 
 async fn world() -> World {
     // Blocking, but only once per process and before any I/O of this test.
-    let pg = PgServer::shared();
+    let pg = support::postgres();
     let cfg = FakeLakebaseConfig::new(pg.socket_dir().to_path_buf(), pg.port());
     let fake = FakeLakebase::start(cfg).await.expect("start fake");
     fake.add_user(ALICE, ALICE_PAT);
@@ -48,18 +49,15 @@ impl World {
     }
 
     async fn raw_login(&self, host: &str, user: &str, password: &str) -> Result<pgwire::Session<impl Stream>, PgError> {
-        let tls = pgwire::connect_tls(self.fake.gateway_addr(), host, self.fake.ca_pem_path(), false, &[b"postgresql"])
-            .await?;
+        let tls =
+            tls::connect(self.fake.gateway_addr(), host, self.fake.ca_pem_path(), false, &[b"postgresql"]).await?;
         pgwire::login(tls, user, password, Some("databricks_postgres")).await
     }
 
     /// Polls `cond` every 20 ms for up to 10 s.
     async fn wait_for(&self, what: &str, cond: impl Fn(&FakeLakebase) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !cond(&self.fake) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let why = || format!("timed out waiting for {what}");
+        wait::until_async(Duration::from_secs(10), || cond(&self.fake), why).await;
     }
 }
 
@@ -162,7 +160,7 @@ async fn psql_logs_in_with_a_minted_token() {
     assert_eq!(psql(&w.conninfo(&ro, ALICE), &token, "SELECT 1").await.unwrap(), "1");
 
     // No database named: Lakebase's default.
-    let tls = pgwire::connect_tls(w.fake.gateway_addr(), &w.host, ca(&w), false, &[]).await.unwrap();
+    let tls = tls::connect(w.fake.gateway_addr(), &w.host, ca(&w), false, &[]).await.unwrap();
     let mut s = pgwire::login(tls, ALICE, &token, None).await.unwrap();
     assert_eq!(s.query("SELECT current_database()").await.unwrap(), ["databricks_postgres"]);
     drop(s);
@@ -195,16 +193,16 @@ async fn insecure_and_unrouted_connections_are_refused() {
 
     // SQLSTATEs, as a driver sees them.
     let mut tcp = TcpStream::connect(w.fake.gateway_addr()).await.unwrap();
-    tcp.write_all(&pgwire::startup_message(&[("user", ALICE)])).await.unwrap();
-    let (ty, body) = pgwire::read_message(&mut tcp).await.unwrap();
+    tcp.write_all(&wire::startup_message(wire::PROTOCOL_3_0, &[("user", ALICE)])).await.unwrap();
+    let (ty, body) = wire::read_message(&mut tcp).await.unwrap();
     assert_eq!((ty, pgwire::parse_error(&body).code.as_str()), (b'E', "08P01"));
     // GSSAPI encryption is declined, then SSL goes ahead.
     let mut tcp = TcpStream::connect(w.fake.gateway_addr()).await.unwrap();
-    tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 48]).await.unwrap();
+    tcp.write_all(&wire::gssenc_request()).await.unwrap();
     let mut answer = [0u8; 1];
     tcp.read_exact(&mut answer).await.unwrap();
     assert_eq!(answer[0], b'N');
-    let tls = pgwire::connect_tls(w.fake.gateway_addr(), "ep-nope.lakebase.test", ca(&w), false, &[]).await.unwrap();
+    let tls = tls::connect(w.fake.gateway_addr(), "ep-nope.lakebase.test", ca(&w), false, &[]).await.unwrap();
     let err = pgwire::login(tls, ALICE, &token, None).await.err().unwrap();
     assert_eq!(err.code, "XX000");
     assert_eq!(w.fake.counters().gateway_logins_failed, 5);
@@ -355,12 +353,12 @@ async fn direct_tls_alpn_and_cancel_inside_tls() {
     let w = world().await;
     let token = mint(&w.fake, ALICE_PAT, PRIMARY).await;
     let addr = w.fake.gateway_addr();
-    let tls = pgwire::connect_tls(addr, &w.host, ca(&w), true, &[b"postgresql"]).await.unwrap();
+    let tls = tls::connect(addr, &w.host, ca(&w), true, &[b"postgresql"]).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"postgresql"[..]));
     let mut s = pgwire::login(tls, ALICE, &token, None).await.unwrap();
     assert_eq!(s.query("SELECT current_user").await.unwrap(), [ALICE]);
     // A client offering only another protocol fails the handshake.
-    assert!(pgwire::connect_tls(addr, &w.host, ca(&w), true, &[b"http/1.1"]).await.is_err());
+    assert!(tls::connect(addr, &w.host, ca(&w), true, &[b"http/1.1"]).await.is_err());
 
     // Cancel a long query through a second TLS connection carrying the key.
     let key = s.cancel_key.clone();
@@ -368,8 +366,8 @@ async fn direct_tls_alpn_and_cancel_inside_tls() {
     let t = Instant::now();
     let deadline = t + Duration::from_secs(10);
     loop {
-        let mut c = pgwire::connect_tls(addr, &w.host, ca(&w), false, &[]).await.unwrap();
-        c.write_all(&pgwire::cancel_request(&key)).await.unwrap();
+        let mut c = tls::connect(addr, &w.host, ca(&w), false, &[]).await.unwrap();
+        c.write_all(&wire::cancel_request(&key)).await.unwrap();
         let mut rest = Vec::new();
         let _ = c.read_to_end(&mut rest).await;
         if sleeper.is_finished() || Instant::now() > deadline {
@@ -393,7 +391,13 @@ async fn psql_ctrl_c_cancels_through_the_gateway() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    w.wait_for("the query to start", |f| f.counters().active_sessions == 1).await;
+    // Logged in is not enough: psql installs its SIGINT handler only after connecting, so an
+    // early SIGINT would kill it rather than cancel. Wait for the query in the real server.
+    let running = || {
+        let sql = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'";
+        tokio::task::block_in_place(|| support::postgres().superuser_sql(sql)) == "1"
+    };
+    wait::until_async(Duration::from_secs(10), running, || "the query never started".into()).await;
     let pid = child.id().unwrap().to_string();
     // psql 15 sends the CancelRequest in plaintext, like libpq before 17.
     let t = Instant::now();
@@ -431,36 +435,37 @@ async fn provisioned_instance_and_the_real_servers_errors() {
 async fn garbage_clients_get_an_error_or_a_closed_socket() {
     let w = world().await;
     let addr = w.fake.gateway_addr();
-    let garbage: [&[u8]; 4] = [
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-        &[0, 0, 0, 3, 1, 2, 3, 4],
-        &[0xff; 64],
-        &[0, 0, 0, 8, 4, 210, 22, 47, 1, 2, 3, 4, 5, 6, 7, 8],
+    let garbage: [Vec<u8>; 4] = [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        vec![0, 0, 0, 3, 1, 2, 3, 4],
+        vec![0xff; 64],
+        // Data behind an SSLRequest, before its answer.
+        [wire::ssl_request(), vec![1, 2, 3, 4, 5, 6, 7, 8]].concat(),
     ];
     for bytes in garbage {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
-        let _ = tcp.write_all(bytes).await;
+        let _ = tcp.write_all(&bytes).await;
         let mut sink = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut sink)).await;
         assert!(read.is_ok(), "socket left open after {bytes:?}");
     }
     // Garbage inside TLS: a bogus startup length, then a non-password reply.
     let token = mint(&w.fake, ALICE_PAT, PRIMARY).await;
-    let mut tls = pgwire::connect_tls(addr, &w.host, ca(&w), false, &[]).await.unwrap();
+    let mut tls = tls::connect(addr, &w.host, ca(&w), false, &[]).await.unwrap();
     tls.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]).await.unwrap();
-    let (ty, body) = pgwire::read_message(&mut tls).await.unwrap();
+    let (ty, body) = wire::read_message(&mut tls).await.unwrap();
     assert_eq!((ty, pgwire::parse_error(&body).code.as_str()), (b'E', "08P01"));
-    let mut tls = pgwire::connect_tls(addr, &w.host, ca(&w), false, &[]).await.unwrap();
-    tls.write_all(&pgwire::startup_message(&[("user", ALICE)])).await.unwrap();
-    let (ty, _) = pgwire::read_message(&mut tls).await.unwrap();
+    let mut tls = tls::connect(addr, &w.host, ca(&w), false, &[]).await.unwrap();
+    tls.write_all(&wire::startup_message(wire::PROTOCOL_3_0, &[("user", ALICE)])).await.unwrap();
+    let (ty, _) = wire::read_message(&mut tls).await.unwrap();
     assert_eq!(ty, b'R');
-    tls.write_all(b"Q\0\0\0\x0cSELECT 1\0").await.unwrap();
-    let (ty, body) = pgwire::read_message(&mut tls).await.unwrap();
+    tls.write_all(&wire::query("SELECT 1")).await.unwrap();
+    let (ty, body) = wire::read_message(&mut tls).await.unwrap();
     assert_eq!((ty, pgwire::parse_error(&body).code.as_str()), (b'E', "08P01"));
     // Protocol 2 is not spoken.
-    let mut tls = pgwire::connect_tls(addr, &w.host, ca(&w), false, &[]).await.unwrap();
-    tls.write_all(&[0, 0, 0, 9, 0, 2, 0, 0, 0]).await.unwrap();
-    let (_, body) = pgwire::read_message(&mut tls).await.unwrap();
+    let mut tls = tls::connect(addr, &w.host, ca(&w), false, &[]).await.unwrap();
+    tls.write_all(&wire::startup_message::<&str, &str>(2 << 16, &[])).await.unwrap();
+    let (_, body) = wire::read_message(&mut tls).await.unwrap();
     assert_eq!(pgwire::parse_error(&body).code, "0A000");
 
     // Still serving.

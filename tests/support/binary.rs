@@ -4,6 +4,8 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use test_support::net::free_port;
+
 /// A running `lakebase-proxy` process, killed (by PID) when dropped.
 pub struct ProxyProcess {
     child: Option<Child>,
@@ -84,9 +86,4 @@ impl Drop for ProxyProcess {
             let _ = child.wait();
         }
     }
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -3,32 +3,21 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::sync::Arc;
 
 use fake_lakebase::FakeLakebase;
 use reqwest::{Client, StatusCode};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
+use rustls::ClientConfig;
 use serde_json::{Value, json};
 
+/// A client trusting only the fake's CA.
 pub fn client(fake: &FakeLakebase) -> Client {
     client_with_ca(fake.ca_pem_path())
 }
 
 /// A client trusting only the CA in the PEM file `ca`.
 pub fn client_with_ca(ca: &Path) -> Client {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     Client::builder()
-        .tls_backend_preconfigured(tls)
+        .tls_backend_preconfigured(ClientConfig::clone(&test_support::tls::client_config(ca, &[])))
         // Only 127.0.0.1: never through a proxy from the environment.
         .no_proxy()
         .build()
