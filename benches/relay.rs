@@ -11,8 +11,9 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use lakebase_proxy::protocol::frame::{FrameHeader, take_message};
-use lakebase_proxy::protocol::startup;
+use lakebase_proxy::protocol::startup::{self, CancelKey, StartupParams};
 use lakebase_proxy::relay::{Relay, RelayEnd};
+use lakebase_proxy::upstream::ServerConnection;
 use test_support::wire;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, duplex};
 use tokio::runtime::Runtime;
@@ -154,10 +155,12 @@ fn connect(via_relay: bool) -> (DuplexStream, DuplexStream, Option<tokio::task::
         return (client, server, None);
     }
     let (client, mut relay_client_side) = duplex(PIPE_CAPACITY);
-    let (mut relay_upstream_side, server) = duplex(PIPE_CAPACITY);
+    let (relay_upstream_side, server) = duplex(PIPE_CAPACITY);
     let relay = tokio::spawn(async move {
-        let mut relay = Relay::default();
-        relay.run(&mut relay_client_side, &mut relay_upstream_side).await
+        let key = CancelKey { pid: 1, secret: 1 };
+        let mut upstream =
+            ServerConnection::in_memory(relay_upstream_side, 1, StartupParams::default(), Vec::new(), key);
+        Relay::default().run(&mut relay_client_side, &mut upstream).await
         // Both relay ends drop here, so the server sees EOF.
     });
     (client, server, Some(relay))

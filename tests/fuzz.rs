@@ -19,17 +19,20 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use lakebase_proxy::protocol::StartupParams;
 use lakebase_proxy::protocol::frame::{FrameHeader, HEADER_LEN, take_message};
 use lakebase_proxy::protocol::messages::{ErrorFields, Severity};
 use lakebase_proxy::protocol::startup::{
     self, CancelKey, MAX_STARTUP_PACKET, PROTOCOL_3_0, StartupError, StartupRequest,
 };
-use lakebase_proxy::relay::{Relay, RelayEnd};
+use lakebase_proxy::relay::{Hook, Insert, Relay, RelayEnd};
+use lakebase_proxy::upstream::ServerConnection;
+use lakebase_proxy::upstream::{PreparedStatements, ProtocolState};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use test_support::wire::{self, CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, SSL_REQUEST_CODE, message};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, duplex};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf, duplex};
 
 // ---------------------------------------------------------------------------------------------
 // Shared helpers
@@ -436,12 +439,19 @@ proptest! {
 // The relay
 // ---------------------------------------------------------------------------------------------
 
-/// What a relay case saw: how it ended, the relay itself, and the bytes each far end got.
+/// What a relay case saw: how it ended, what the relay left on the server connection, and
+/// the bytes each far end got.
 struct RelayRun {
-    relay: Relay,
     end: RelayEnd,
+    server: ProtocolState,
+    prepared: PreparedStatements,
     at_upstream: Vec<u8>,
     at_client: Vec<u8>,
+}
+
+/// A server connection over the relay's end of an in-memory pipe.
+fn server_connection(pipe: DuplexStream) -> ServerConnection {
+    ServerConnection::in_memory(pipe, 1, StartupParams::default(), Vec::new(), CancelKey { pid: 1, secret: 1 })
 }
 
 /// Writes `data` in pieces of `sizes`, yielding between pieces so the relay sees each one
@@ -465,11 +475,12 @@ fn relay_free_for_all(
 ) -> Result<RelayRun, TestCaseError> {
     block_on(async {
         let (client_far, mut client_near) = duplex(capacity);
-        let (upstream_far, mut upstream_near) = duplex(capacity);
+        let (upstream_far, upstream_near) = duplex(capacity);
         let relay = async move {
-            let mut relay = Relay::default();
-            let end = relay.run(&mut client_near, &mut upstream_near).await;
-            (relay, end)
+            let mut server = server_connection(upstream_near);
+            let end = Relay::default().run(&mut client_near, &mut server).await;
+            // The connection closes here, so the upstream sees the stream end.
+            (end, server.protocol().clone())
         };
         let client = async move {
             let (mut reader, mut writer) = tokio::io::split(client_far);
@@ -490,7 +501,9 @@ fn relay_free_for_all(
         };
         let all = async { tokio::join!(relay, client, upstream) };
         match tokio::time::timeout(RELAY_TIMEOUT, all).await {
-            Ok(((relay, end), at_client, at_upstream)) => Ok(RelayRun { relay, end, at_upstream, at_client }),
+            Ok(((end, server), at_client, at_upstream)) => {
+                Ok(RelayRun { end, server, prepared: PreparedStatements::default(), at_upstream, at_client })
+            }
             Err(_) => Err(TestCaseError::fail("the relay did not return: hung")),
         }
     })
@@ -535,10 +548,12 @@ fn client_message() -> impl Strategy<Value = Message> {
 
 /// Server messages of any backend tag but ReadyForQuery.
 fn server_message_not_ready() -> impl Strategy<Value = Message> {
-    (
-        prop::sample::select(b"RSKTDCEN123nstAcdGHWIvV".to_vec()),
-        prop_oneof![4 => vec(any::<u8>(), 0..32), 1 => vec(any::<u8>(), 0..4096)],
-    )
+    server_message_of(b"RSKTDCEN123nstAcdGHWIvV")
+}
+
+/// Server messages of any of `tags`, bodies up to a few KB.
+fn server_message_of(tags: &[u8]) -> impl Strategy<Value = Message> {
+    (prop::sample::select(tags.to_vec()), prop_oneof![4 => vec(any::<u8>(), 0..32), 1 => vec(any::<u8>(), 0..4096)])
 }
 
 /// Server messages including ReadyForQuery with any (short) body.
@@ -565,24 +580,61 @@ fn relay_conversation(
 ) -> Result<(RelayRun, Vec<u8>), TestCaseError> {
     let to_upstream = concat(client_messages);
     let to_client = concat(server_messages);
+    let run = converse(
+        lakebase_proxy::relay::Passthrough,
+        Script {
+            client_sends: &to_upstream,
+            upstream_gets: to_upstream.len(),
+            upstream_sends: &to_client,
+            client_gets: to_client.len(),
+        },
+        server_waits_for_client,
+        preload,
+        sizes,
+        capacity,
+    )?;
+    Ok((run, to_upstream))
+}
+
+/// What each side of a conversation sends, and how many bytes each is to receive.
+struct Script<'a> {
+    client_sends: &'a [u8],
+    upstream_gets: usize,
+    upstream_sends: &'a [u8],
+    client_gets: usize,
+}
+
+/// Runs `script` through a relay with `hook`, the client ending with Terminate once it has
+/// its bytes; optionally a first part of each side's bytes is handed to `Relay::preload`.
+fn converse<H: Hook>(
+    hook: H,
+    script: Script<'_>,
+    server_waits_for_client: bool,
+    preload: Option<(prop::sample::Index, prop::sample::Index)>,
+    sizes: &[usize],
+    capacity: usize,
+) -> Result<RelayRun, TestCaseError> {
+    let Script { client_sends, upstream_gets, upstream_sends, client_gets } = script;
     let (client_split, upstream_split) =
-        preload.map_or((0, 0), |(c, u)| (c.index(to_upstream.len() + 1), u.index(to_client.len() + 1)));
-    let (preloaded_client, client_rest) = to_upstream.split_at(client_split);
-    let (preloaded_upstream, upstream_rest) = to_client.split_at(upstream_split);
+        preload.map_or((0, 0), |(c, u)| (c.index(client_sends.len() + 1), u.index(upstream_sends.len() + 1)));
+    let (preloaded_client, client_rest) = client_sends.split_at(client_split);
+    let (preloaded_upstream, upstream_rest) = upstream_sends.split_at(upstream_split);
     block_on(async {
         let (client_far, mut client_near) = duplex(capacity);
-        let (upstream_far, mut upstream_near) = duplex(capacity);
+        let (upstream_far, upstream_near) = duplex(capacity);
         let relay = async move {
-            let mut relay = Relay::default();
-            if let Err(error) = relay.preload(preloaded_client, preloaded_upstream) {
+            let mut server = server_connection(upstream_near);
+            let mut relay = Relay::with_hook(hook);
+            if let Err(error) = relay.preload(&mut server, preloaded_client, preloaded_upstream) {
                 return Err(TestCaseError::fail(format!("preload refused well-formed bytes: {error}")));
             }
-            let end = relay.run(&mut client_near, &mut upstream_near).await;
-            Ok((relay, end))
+            let end = relay.run(&mut client_near, &mut server).await;
+            // The connection closes here, so the upstream sees the stream end.
+            Ok((end, server.protocol().clone(), server.prepared().clone()))
         };
         let client = async {
             let (mut reader, mut writer) = tokio::io::split(client_far);
-            let mut got = vec![0; to_client.len()];
+            let mut got = vec![0; client_gets];
             let (_, read) = tokio::join!(write_chunked(&mut writer, client_rest, sizes), reader.read_exact(&mut got));
             read.map_err(|e| TestCaseError::fail(format!("client reading: {e}")))?;
             writer.write_all(&wire::terminate()).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -594,7 +646,7 @@ fn relay_conversation(
         };
         let upstream = async {
             let (mut reader, mut writer) = tokio::io::split(upstream_far);
-            let mut got = vec![0; to_upstream.len()];
+            let mut got = vec![0; upstream_gets];
             if server_waits_for_client {
                 reader.read_exact(&mut got).await.map_err(|e| TestCaseError::fail(format!("upstream reading: {e}")))?;
                 write_chunked(&mut writer, upstream_rest, sizes).await;
@@ -612,8 +664,8 @@ fn relay_conversation(
         let all = async { tokio::join!(relay, client, upstream) };
         match tokio::time::timeout(RELAY_TIMEOUT, all).await {
             Ok((relay, at_client, at_upstream)) => {
-                let (relay, end) = relay?;
-                Ok((RelayRun { relay, end, at_upstream: at_upstream?, at_client: at_client? }, to_upstream.clone()))
+                let (end, server, prepared) = relay?;
+                Ok(RelayRun { end, server, prepared, at_upstream: at_upstream?, at_client: at_client? })
             }
             Err(_) => Err(TestCaseError::fail("the relay did not return: hung")),
         }
@@ -624,11 +676,15 @@ fn relay_conversation(
 /// some server messages and a ReadyForQuery. A Sync follows the last extended-protocol
 /// message (Query and FunctionCall do not end an extended-protocol batch: after an error
 /// the server skips them up to the Sync), optionally followed by a Query or FunctionCall.
+///
+/// The answers hold no ErrorResponse: the relay follows the server in skipping to the Sync
+/// after one, and a made-up error in a made-up place would have the server skip sync points
+/// it then answers. Errors are covered by `relay_follows_a_server_through_errors_and_inserts`.
 fn answered_session(last_status: impl Strategy<Value = u8>) -> impl Strategy<Value = (Vec<Message>, Vec<Message>)> {
     (
         vec(client_message(), 0..12),
         prop::sample::select(vec![&b"S"[..], b"SQ", b"SF"]),
-        vec((vec(server_message_not_ready(), 0..4), prop::sample::select(b"ITE".to_vec())), 0..16),
+        vec((vec(server_message_of(b"RSKTDCN123nstAcdGHWIvV"), 0..4), prop::sample::select(b"ITE".to_vec())), 0..16),
         last_status,
     )
         .prop_map(|(mut requests, tail, answers, last_status)| {
@@ -673,11 +729,11 @@ proptest! {
                 prop_assert!(matches!(run.end, RelayEnd::ClientProtocolViolation(_)), "{:?}", run.end);
                 // Whole messages scanned in the same read as the bad header are dropped too.
                 prop_assert!(run.at_upstream.len() <= forwarded);
-                prop_assert!(!run.relay.upstream_reusable(&run.end));
+                prop_assert!(!run.server.reusable());
             }
         }
-        if run.relay.upstream_reusable(&run.end) {
-            prop_assert!(run.relay.state.is_idle());
+        if run.server.reusable() {
+            prop_assert!(run.server.is_idle());
         }
     }
 
@@ -723,9 +779,9 @@ proptest! {
     ) {
         let (run, _) = relay_conversation(&requests, &responses, true, None, &sizes, capacity)?;
         prop_assert!(matches!(run.end, RelayEnd::ClientTerminated), "{:?}", run.end);
-        prop_assert_eq!(run.relay.state.awaiting_ready, 0);
-        prop_assert!(!run.relay.state.unsynced);
-        prop_assert!(run.relay.upstream_reusable(&run.end), "state {:?}", run.relay.state);
+        prop_assert_eq!(run.server.ready_owed(), 0);
+        prop_assert!(!run.server.unsynced());
+        prop_assert!(run.server.reusable(), "state {:?}", run.server);
     }
 
     /// (c) The same ending inside a transaction (or a failed one): not reusable.
@@ -738,8 +794,8 @@ proptest! {
         let last = responses.last().unwrap().1[0];
         let (run, _) = relay_conversation(&requests, &responses, true, None, &sizes, capacity)?;
         prop_assert!(matches!(run.end, RelayEnd::ClientTerminated), "{:?}", run.end);
-        prop_assert_eq!(run.relay.state.transaction_status.as_byte(), last);
-        prop_assert!(!run.relay.upstream_reusable(&run.end));
+        prop_assert_eq!(run.server.transaction_status().as_byte(), last);
+        prop_assert!(!run.server.reusable());
     }
 
     /// (c) One ReadyForQuery short: not reusable, whatever the statuses.
@@ -752,7 +808,202 @@ proptest! {
         responses.pop();
         let (run, _) = relay_conversation(&requests, &responses, true, None, &sizes, capacity)?;
         prop_assert!(matches!(run.end, RelayEnd::ClientTerminated), "{:?}", run.end);
-        prop_assert_eq!(run.relay.state.awaiting_ready, 1);
-        prop_assert!(!run.relay.upstream_reusable(&run.end));
+        prop_assert_eq!(run.server.ready_owed(), 1);
+        prop_assert!(!run.server.reusable());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The relay against a modelled server, with a hook that inserts messages
+// ---------------------------------------------------------------------------------------------
+
+/// Statements a Bind may name; the first is the unnamed one, which the hook leaves alone.
+const STATEMENTS: [&str; 4] = ["", "s0", "s1", "s2"];
+
+/// A client message, as the modelled server tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    Parse,
+    /// Of `STATEMENTS[i]`.
+    Bind(usize),
+    Describe,
+    Execute,
+    Close,
+    Flush,
+    Sync,
+    Query,
+    FunctionCall,
+    /// The hook's Parse of `STATEMENTS[i]`.
+    Prepare(usize),
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        1 => Just(Request::Parse),
+        3 => (0..STATEMENTS.len()).prop_map(Request::Bind),
+        1 => Just(Request::Describe),
+        2 => Just(Request::Execute),
+        1 => Just(Request::Close),
+        1 => Just(Request::Flush),
+        2 => Just(Request::Sync),
+        1 => Just(Request::Query),
+        1 => Just(Request::FunctionCall),
+    ]
+}
+
+impl Request {
+    fn encode(self) -> Vec<u8> {
+        match self {
+            Request::Parse => message(b'P', b"\0SELECT 1\0\0\0"),
+            Request::Bind(i) => message(b'B', &[b"\0", STATEMENTS[i].as_bytes(), b"\0\0\0\0\0\0\0"].concat()),
+            Request::Describe => message(b'D', b"P\0"),
+            Request::Execute => message(b'E', b"\0\0\0\0\0"),
+            Request::Close => message(b'C', b"P\0"),
+            Request::Flush => message(b'H', b""),
+            Request::Sync => message(b'S', b""),
+            Request::Query => message(b'Q', b"SELECT 1\0"),
+            Request::FunctionCall => message(b'F', b"\0\0\0\x01\0\0\0\0\0\0"),
+            Request::Prepare(i) => message(b'P', &[STATEMENTS[i].as_bytes(), b"\0SELECT 2\0\0\0"].concat()),
+        }
+    }
+}
+
+/// Prepares, ahead of a Bind, the named statement it uses if the server does not have it.
+struct PrepareOnBind;
+
+impl Hook for PrepareOnBind {
+    fn wants(&self, tag: u8) -> bool {
+        tag == b'B'
+    }
+
+    fn before(&mut self, _tag: u8, body: &[u8], insert: &mut Insert<'_>) {
+        let name = String::from_utf8_lossy(body.split(|&b| b == 0).nth(1).unwrap_or_default()).into_owned();
+        if let Some(i) = STATEMENTS.iter().skip(1).position(|&s| s == name)
+            && !insert.prepared().contains(&name)
+        {
+            let parse = Request::Prepare(i + 1).encode();
+            insert.message(parse[0], &parse[5..]);
+        }
+    }
+}
+
+/// What the modelled exchange puts on each wire, and what the server has prepared after.
+struct Modelled {
+    to_server: Vec<u8>,
+    from_server: Vec<u8>,
+    to_client: Vec<u8>,
+    prepared: Vec<usize>,
+}
+
+/// Plays `requests` against a server that fails where `fates` say, as PostgreSQL does: an
+/// error in an extended-protocol message has it skip everything up to the next Sync. The
+/// hook's Parse goes ahead of the first Bind of each named statement (the server answers
+/// only once it has every request, so until then the hook knows only what it inserted). The
+/// client gets every reply but those to the hook's Parse messages, their errors and notices
+/// excepted.
+fn model(requests: &[Request], fates: &[u8]) -> Modelled {
+    let mut stream = Vec::new();
+    for &request in requests {
+        if let Request::Bind(i) = request
+            && i > 0
+            && !stream.contains(&Request::Prepare(i))
+        {
+            stream.push(Request::Prepare(i));
+        }
+        stream.push(request);
+    }
+    let mut modelled = Modelled {
+        to_server: stream.iter().flat_map(|r| r.encode()).collect(),
+        from_server: Vec::new(),
+        to_client: Vec::new(),
+        prepared: Vec::new(),
+    };
+    let error = message(b'E', b"SERROR\0C42000\0Mmodelled failure\0\0");
+    let mut fates = fates.iter().copied().cycle();
+    let mut skipping = false;
+    for request in stream {
+        if skipping && request != Request::Sync {
+            continue;
+        }
+        let fate = fates.next().unwrap();
+        let fails = fate % 6 == 0;
+        let mut replies = Vec::new();
+        if fate >= 224 {
+            replies.push(message(b'N', b"SNOTICE\0C00000\0Mby the way\0\0"));
+        }
+        match request {
+            Request::Flush => {}
+            Request::Sync | Request::Query | Request::FunctionCall => {
+                skipping = false;
+                if fails {
+                    replies.push(error.clone());
+                } else if request == Request::Query {
+                    replies.extend([message(b'T', b"\0\0"), message(b'C', b"SELECT 0\0")]);
+                } else if request == Request::FunctionCall {
+                    replies.push(message(b'V', b"\xff\xff\xff\xff"));
+                }
+                replies.push(message(b'Z', b"I"));
+            }
+            _ if fails => {
+                replies.push(error.clone());
+                skipping = true;
+            }
+            Request::Parse => replies.push(message(b'1', b"")),
+            Request::Prepare(i) => {
+                replies.push(message(b'1', b""));
+                modelled.prepared.push(i);
+            }
+            Request::Bind(_) => replies.push(message(b'2', b"")),
+            Request::Describe => replies.push(message(if fate % 2 == 0 { b'T' } else { b'n' }, b"\0\0")),
+            Request::Execute => {
+                for _ in 0..fate / 8 % 3 {
+                    replies.push(message(b'D', b"\0\0"));
+                }
+                let done = [message(b'C', b"SELECT 0\0"), message(b'I', b""), message(b's', b"")];
+                replies.push(done[usize::from(fate / 32 % 3)].clone());
+            }
+            Request::Close => replies.push(message(b'3', b"")),
+        }
+        for reply in replies {
+            modelled.from_server.extend_from_slice(&reply);
+            if !matches!(request, Request::Prepare(_)) || matches!(reply[0], b'E' | b'N') {
+                modelled.to_client.extend_from_slice(&reply);
+            }
+        }
+    }
+    modelled
+}
+
+proptest! {
+    #![proptest_config(config(128))]
+
+    /// A batch of requests ending in a Sync, some failing, through a relay whose hook prepares
+    /// the statements Binds use: each side gets exactly what the model says, the hook's
+    /// statements are recorded as prepared exactly when the server prepared them, and the
+    /// connection ends owing nothing.
+    #[test]
+    fn relay_follows_a_server_through_errors_and_inserts(
+        mut requests in vec(request(), 0..24),
+        fates in vec(any::<u8>(), 1..32),
+        sizes in chunk_sizes(),
+        capacity in pipe_capacity(),
+    ) {
+        requests.push(Request::Sync);
+        let modelled = model(&requests, &fates);
+        let client_sends: Vec<u8> = requests.iter().flat_map(|r| r.encode()).collect();
+        let script = Script {
+            client_sends: &client_sends,
+            upstream_gets: modelled.to_server.len(),
+            upstream_sends: &modelled.from_server,
+            client_gets: modelled.to_client.len(),
+        };
+        let run = converse(PrepareOnBind, script, true, None, &sizes, capacity)?;
+        prop_assert!(matches!(run.end, RelayEnd::ClientTerminated), "{:?}", run.end);
+        prop_assert_eq!(run.at_upstream, modelled.to_server);
+        prop_assert_eq!(run.at_client, modelled.to_client);
+        prop_assert!(run.server.owes_nothing() && run.server.reusable(), "state {:?}", run.server);
+        for (i, name) in STATEMENTS.iter().enumerate().skip(1) {
+            prop_assert_eq!(run.prepared.contains(name), modelled.prepared.contains(&i), "statement {}", name);
+        }
     }
 }

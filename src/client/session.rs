@@ -239,26 +239,28 @@ async fn attach(
         .cancels
         .register(client_key, CancelRoute { connector: ctx.pools.upstream().connector.clone(), key: connection.key() });
     let mut relay = Relay::default();
-    relay.preload(client_bytes, &connection.take_leftover()).map_err(SessionError::ClientProtocol)?;
+    let leftover = connection.take_leftover();
+    relay.preload(connection, client_bytes, &leftover).map_err(SessionError::ClientProtocol)?;
     let mut shutdown = ctx.shutdown.clone();
     let end = tokio::select! {
-        end = relay.run(client, connection.stream_mut()) => end,
+        end = relay.run(client, connection) => end,
         deadline = shutdown.requested() => {
             // Let a transaction in progress finish, up to the deadline, then end the session
             // at its next idle point.
             relay.detach_when_idle = true;
-            tokio::time::timeout_at(deadline, relay.run(client, connection.stream_mut())).await.unwrap_or(RelayEnd::Idle)
+            tokio::time::timeout_at(deadline, relay.run(client, connection)).await.unwrap_or(RelayEnd::Idle)
         }
     };
-    lease.release(relay.upstream_reusable(&end), relay.state.used);
+    // The server explained itself (a FATAL) if its last word was an error.
+    let explained = connection.protocol().last_message_type() == backend::ERROR_RESPONSE;
+    let reusable = connection.reusable();
+    lease.release(reusable, relay.used());
     let (to_upstream, to_client, round_trips) = relay.traffic();
     metrics::session_traffic(&ctx.pools.upstream().label, to_upstream, to_client, round_trips);
     match end {
         RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => Ok(SessionEnd::ClientDone),
         RelayEnd::Idle => Err(SessionError::ShuttingDown),
-        RelayEnd::UpstreamGone(_) if relay.state.last_upstream_message == backend::ERROR_RESPONSE => {
-            Ok(SessionEnd::UpstreamEnded)
-        }
+        RelayEnd::UpstreamGone(_) if explained => Ok(SessionEnd::UpstreamEnded),
         RelayEnd::UpstreamGone(error) => Err(SessionError::UpstreamLost(error)),
         RelayEnd::ClientProtocolViolation(error) => Err(SessionError::ClientProtocol(error)),
         RelayEnd::UpstreamProtocolViolation(error) => Err(SessionError::UpstreamProtocol(error)),

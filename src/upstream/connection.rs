@@ -5,12 +5,18 @@ use tokio::io::AsyncWriteExt;
 
 use super::ConnectError;
 use super::login::LoginResult;
+use super::state::{PreparedStatements, ProtocolState};
 use super::stream::ServerStream;
 use crate::protocol::frame::{MAX_BUFFERED_MESSAGE, read_message};
 use crate::protocol::messages::ErrorFields;
-use crate::protocol::{CancelKey, StartupParams, backend};
+use crate::protocol::{CancelKey, StartupParams, TransactionStatus, backend};
 
-/// A logged-in upstream connection.
+/// Command tags after which the server holds no prepared statements.
+const DROPS_ALL_STATEMENTS: [&[u8]; 2] = [b"DISCARD ALL", b"DEALLOCATE ALL"];
+
+/// A logged-in upstream connection, and what is known of the session on it: its settings,
+/// the statements the proxy prepared, and the replies it owes. The relay keeps the last two
+/// current, and they carry from one client to the next.
 pub struct ServerConnection {
     stream: ServerStream,
     id: u64,
@@ -25,6 +31,10 @@ pub struct ServerConnection {
     opened_at: Instant,
     /// Bytes read from the server past the last message the proxy consumed itself.
     leftover: BytesMut,
+    /// The replies the server owes and where its session stands.
+    protocol: ProtocolState,
+    /// The statements the proxy prepared on it.
+    prepared: PreparedStatements,
 }
 
 impl ServerConnection {
@@ -43,13 +53,14 @@ impl ServerConnection {
             key: login.key,
             opened_at: Instant::now(),
             leftover: login.leftover,
+            protocol: ProtocolState::default(),
+            prepared: PreparedStatements::default(),
         }
     }
 
     /// A connection over an in-memory pipe to a stand-in server that has already logged it in
-    /// with `server_params` and cancel `key`, for tests of the pool and the relay.
-    #[cfg(test)]
-    pub(crate) fn in_memory(
+    /// with `server_params` and cancel `key`, for tests (the pool's, the relay's) and benches.
+    pub fn in_memory(
         pipe: tokio::io::DuplexStream,
         id: u64,
         startup_params: StartupParams,
@@ -95,9 +106,25 @@ impl ServerConnection {
         &self.server_params
     }
 
-    /// The transport, for the relay.
-    pub fn stream_mut(&mut self) -> &mut ServerStream {
-        &mut self.stream
+    /// The replies the server owes and where its session stands, as the relay saw them.
+    pub fn protocol(&self) -> &ProtocolState {
+        &self.protocol
+    }
+
+    /// The statements the proxy prepared on the server.
+    pub fn prepared(&self) -> &PreparedStatements {
+        &self.prepared
+    }
+
+    /// Whether the connection can serve another client: idle outside a transaction, owing
+    /// nothing, and its stream between two messages (see [`ProtocolState::reusable`]).
+    pub fn reusable(&self) -> bool {
+        self.protocol.reusable()
+    }
+
+    /// The transport and the state the relay keeps current on it, apart, for the relay.
+    pub(crate) fn relay_parts(&mut self) -> (&mut ServerStream, &mut ProtocolState, &mut PreparedStatements) {
+        (&mut self.stream, &mut self.protocol, &mut self.prepared)
     }
 
     /// Takes bytes already read from the server that the relay must see first.
@@ -105,10 +132,11 @@ impl ServerConnection {
         std::mem::take(&mut self.leftover)
     }
 
-    /// Runs `sql` as a simple query and reads to ReadyForQuery, recording reported parameters;
-    /// returns the first column of the first row, if any. A server error is returned after the
-    /// ReadyForQuery that follows it, so the connection stays usable; an I/O error means it is
-    /// not.
+    /// Runs `sql` as a simple query and reads to ReadyForQuery, recording reported parameters,
+    /// the transaction status and a `DISCARD ALL` or `DEALLOCATE ALL` (no statement prepared
+    /// any more); returns the first column of the first row, if any. A server error is returned
+    /// after the ReadyForQuery that follows it, so the connection stays usable; an I/O error
+    /// means it is not.
     pub async fn simple_query(&mut self, sql: &str) -> Result<Result<Option<String>, ErrorFields>, ConnectError> {
         let mut outcomes = self.simple_queries(&[sql]).await?;
         Ok(outcomes.remove(0))
@@ -143,7 +171,16 @@ impl ServerConnection {
                 }
                 backend::ERROR_RESPONSE => outcome = Err(ErrorFields::parse(&body)),
                 backend::DATA_ROW if matches!(outcome, Ok(None)) => outcome = Ok(first_column(&body)),
-                backend::READY_FOR_QUERY => outcomes.push(std::mem::replace(&mut outcome, Ok(None))),
+                backend::COMMAND_COMPLETE
+                    if DROPS_ALL_STATEMENTS.contains(&body.strip_suffix(b"\0").unwrap_or(&body)) =>
+                {
+                    self.prepared.forget_all();
+                }
+                backend::READY_FOR_QUERY => {
+                    let status = TransactionStatus::from_byte(body.first().copied().unwrap_or_default());
+                    self.protocol.set_transaction_status(status);
+                    outcomes.push(std::mem::replace(&mut outcome, Ok(None)));
+                }
                 _ => {}
             }
         }
@@ -178,7 +215,31 @@ fn first_column(body: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::first_column;
+    use super::*;
+    use tokio::io::duplex;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        [&[tag][..], &((body.len() + 4) as u32).to_be_bytes(), body].concat()
+    }
+
+    #[tokio::test]
+    async fn the_proxys_own_queries_keep_the_session_state() {
+        let (pipe, mut server) = duplex(4096);
+        let key = CancelKey { pid: 1, secret: 1 };
+        let mut connection = ServerConnection::in_memory(pipe, 1, StartupParams::default(), Vec::new(), key);
+        connection.prepared.record("s1");
+        server.write_all(&[message(b'C', b"BEGIN\0"), message(b'Z', b"T")].concat()).await.unwrap();
+        connection.simple_query("BEGIN").await.unwrap().unwrap();
+        assert_eq!(connection.protocol().transaction_status(), TransactionStatus::InTransaction);
+        assert!(!connection.reusable() && connection.prepared().contains("s1"));
+        let answers =
+            [message(b'C', b"ROLLBACK\0"), message(b'Z', b"I"), message(b'C', b"DISCARD ALL\0"), message(b'Z', b"I")];
+        server.write_all(&answers.concat()).await.unwrap();
+        let outcomes = connection.simple_queries(&["ROLLBACK", "DISCARD ALL"]).await.unwrap();
+        assert!(outcomes.iter().all(Result::is_ok));
+        assert!(connection.reusable());
+        assert!(!connection.prepared().contains("s1"));
+    }
 
     #[test]
     fn reads_the_first_column_of_a_data_row() {

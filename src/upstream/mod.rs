@@ -6,10 +6,13 @@ mod connection;
 mod connector;
 mod error;
 mod login;
+mod state;
 mod stream;
 
 pub use connect::{Endpoint, MovableHost};
 pub use connection::ServerConnection;
 pub use connector::{Connect, Connector, HostResolver};
 pub use error::ConnectError;
+pub(crate) use state::Delivery;
+pub use state::{PreparedStatements, ProtocolState};
 pub use stream::{ServerStream, UpstreamStream};
