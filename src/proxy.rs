@@ -198,7 +198,7 @@ impl RunningProxy {
             let settings = config.pool.overridden_by(pool_overrides(&target.info.spec));
             if settings != target.info.pools.upstream().settings() {
                 notes.push(format!("{}: new pool settings apply to new connections", target.info.origin));
-                target.info.pools.upstream().set_settings(settings);
+                target.info.pools.set_settings(settings);
             }
         }
         for target in prepared {

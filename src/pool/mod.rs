@@ -109,8 +109,7 @@ impl Upstream {
         *self.settings.read().unwrap()
     }
 
-    /// Applies new settings (a reload); existing connections keep the deadlines they have.
-    pub fn set_settings(&self, settings: PoolSettings) {
+    fn set_settings(&self, settings: PoolSettings) {
         *self.settings.write().unwrap() = settings;
     }
 
@@ -227,5 +226,14 @@ impl Pools {
     /// The upstream these pools connect to.
     pub fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
+    }
+
+    /// Applies new settings (a reload); existing connections keep the deadlines they have.
+    /// Clients already waiting get any room a larger pool now has, oldest first.
+    pub fn set_settings(&self, settings: PoolSettings) {
+        self.upstream.set_settings(settings);
+        for pool in self.all() {
+            pool.serve_waiters();
+        }
     }
 }

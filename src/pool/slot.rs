@@ -147,6 +147,22 @@ impl Pool {
         Some(self.slot())
     }
 
+    /// Hands the room a pool has beyond its places in use to waiting clients, oldest first
+    /// (after its limit grew).
+    pub(super) fn serve_waiters(self: &Arc<Self>) {
+        loop {
+            {
+                let mut state = self.state.lock().unwrap();
+                if state.waiters.is_empty() || state.idle.len() + state.busy >= self.upstream.max_pool_size() {
+                    return;
+                }
+                state.busy += 1;
+            }
+            // The new place goes to the oldest waiter, or is freed again if none is left.
+            self.give_back(None);
+        }
+    }
+
     fn slot(self: &Arc<Self>) -> Slot {
         Slot { pool: Some(self.clone()) }
     }

@@ -97,10 +97,16 @@ fn settings(max_size: usize) -> PoolSettings {
 }
 
 fn pool_with(connector: StandIn, settings: PoolSettings) -> (Arc<Pool>, Arc<StandIn>) {
+    let (_, pool, connector) = pools_with(connector, settings);
+    (pool, connector)
+}
+
+/// A target's pools, the one pool tests use, and the connector behind them.
+fn pools_with(connector: StandIn, settings: PoolSettings) -> (Arc<Pools>, Arc<Pool>, Arc<StandIn>) {
     let connector = Arc::new(connector);
-    let upstream = Upstream::new("test".into(), connector.clone(), settings);
-    let key = PoolKey { database: "db".into(), user: "u".into(), options: None };
-    (Pools::new(upstream, None).get(&key), connector)
+    let pools = Pools::new(Upstream::new("test".into(), connector.clone(), settings), None);
+    let pool = pools.get(&PoolKey { database: "db".into(), user: "u".into(), options: None });
+    (pools, pool, connector)
 }
 
 fn params(pairs: &[(&str, &str)]) -> StartupParams {
@@ -181,6 +187,34 @@ async fn waiters_are_served_in_arrival_order_and_newcomers_do_not_barge() {
     assert_eq!(*served.lock().unwrap(), ["first", "second", "newcomer"]);
     drop(newcomer);
     assert_eq!(pool.counts(), (0, 0));
+}
+
+#[tokio::test]
+async fn room_from_a_reload_goes_to_the_clients_already_waiting() {
+    let (pools, pool, _) = pools_with(StandIn::default(), settings(1));
+    let _held = pool.checkout(&params(&[])).await.unwrap();
+    // Each task keeps the lease it gets until the test takes it.
+    let keep = |pool: &Arc<Pool>| {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.checkout(&params(&[])).await })
+    };
+    let first = keep(&pool);
+    while pool.waiting() < 1 {
+        tokio::task::yield_now().await;
+    }
+    let second = keep(&pool);
+    while pool.waiting() < 2 {
+        tokio::task::yield_now().await;
+    }
+    pools.set_settings(settings(2));
+    assert_eq!(pool.waiting(), 1, "the new place went to a waiting client at once");
+    let newcomer = keep(&pool);
+    let _first = first.await.unwrap().expect("the oldest waiter got the new place");
+    while pool.waiting() < 2 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!second.is_finished() && !newcomer.is_finished(), "the newcomer queues behind the second");
+    assert_eq!(pool.counts(), (0, 2));
 }
 
 #[tokio::test]
