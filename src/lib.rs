@@ -1,11 +1,14 @@
 //! lakebase-proxy: a local PostgreSQL endpoint that logs in upstream over verified TLS with
 //! credentials it keeps fresh, and pools the upstream connections.
 //!
-//! Layers, from the wire up: [`protocol`] (framing and the few messages the proxy reads or
-//! writes) and [`tls`]; [`credentials`] (password sources and their cache); [`upstream`]
-//! (connect, TLS, login); [`pool`]; [`relay`] (moving messages both ways); [`client`]
-//! (listeners, handshake, the session's phases) and [`cancel`]; [`proxy`] wires a
-//! [`config::Config`] (built by [`cli`]) into running listeners.
+//! Layers, from the wire up, each using only those before it (`scripts/check-layers.py`
+//! enforces it): [`protocol`] (framing, the named codes, the few messages the proxy reads or
+//! writes), [`tls`] and [`metrics`]; [`credentials`] (password sources and their cache) and
+//! [`databricks`]; [`target`] and [`config`]; [`upstream`] (connect, TLS, login, the server
+//! connection and what it owes, behind the [`upstream::Connect`] trait); [`pool`]; [`relay`]
+//! (moving messages both ways); [`client`] (listeners, handshake, the session's phases) and
+//! [`cancel`]; [`ops`]; [`proxy`] wires a [`config::Config`] (built by [`cli`]) into running
+//! listeners.
 
 #![warn(missing_docs)]
 

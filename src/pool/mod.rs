@@ -4,11 +4,11 @@
 //! Opening connections is the upstream side's business, asked for through
 //! [`Connect`](crate::upstream::Connect); the pool decides who gets which connection and when:
 //! checkout with exact or adjusted settings, waiting in arrival order when the pool is full
-//! ([`slot`]), eviction, warm fill and lifetimes ([`maintenance`]). A connection goes back to
+//! (`slot.rs`), eviction, warm fill and lifetimes (`maintenance.rs`). A connection goes back to
 //! the pool only when the relay saw it idle outside any transaction; it is then reset with
 //! `DISCARD ALL` off the client's path, and the settings its client was given
 //! (`application_name`, ...) are SET again in the same round trip, so the next client of the
-//! same application takes it as it is ([`lease`]). Connections past their (jittered)
+//! same application takes it as it is (`lease.rs`). Connections past their (jittered)
 //! lifetime, idle too long, or found dead are closed.
 
 mod checkout;

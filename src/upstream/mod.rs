@@ -1,5 +1,7 @@
-//! The upstream side: verified-TLS connections to the real PostgreSQL, the login on them, and
-//! the few conversations the proxy holds itself (session reset, applying client settings).
+//! The upstream side: verified-TLS connections to the real PostgreSQL, the login on them, the
+//! [`Connect`] trait through which the pool asks for connections, the server connection with
+//! what it owes and has prepared, and the few conversations the proxy holds itself (session
+//! reset, applying client settings).
 
 mod connect;
 mod connection;
