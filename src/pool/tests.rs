@@ -113,17 +113,23 @@ fn params(pairs: &[(&str, &str)]) -> StartupParams {
     pairs.iter().copied().collect()
 }
 
-/// A checkout running in its own task; it yields the backend pid it got.
-fn spawn_checkout(pool: &Arc<Pool>) -> tokio::task::JoinHandle<Result<i32, CheckoutError>> {
+/// A checkout running in its own task, which keeps the lease it gets until the test takes it.
+fn spawn_checkout(pool: &Arc<Pool>) -> tokio::task::JoinHandle<Result<Lease, CheckoutError>> {
     let pool = pool.clone();
-    tokio::spawn(async move { pool.checkout(&params(&[])).await.map(|mut lease| lease.connection().key().pid) })
+    tokio::spawn(async move { pool.checkout(&params(&[])).await })
 }
 
-/// Waits until the pool holds `idle` idle connections (a release resets in the background).
-async fn idle_count_reaches(pool: &Pool, idle: usize) {
-    while pool.counts().0 != idle {
+/// Lets other tasks run until `condition` holds (a release resets in the background, a
+/// checkout joins the queue in its own task).
+async fn until(condition: impl Fn() -> bool) {
+    while !condition() {
         tokio::task::yield_now().await;
     }
+}
+
+/// Waits until the pool holds `idle` idle connections.
+async fn idle_count_reaches(pool: &Pool, idle: usize) {
+    until(|| pool.counts().0 == idle).await;
 }
 
 #[tokio::test]
@@ -173,9 +179,7 @@ async fn waiters_are_served_in_arrival_order_and_newcomers_do_not_barge() {
             served.lock().unwrap().push(name);
             lease.release(true, false);
         }));
-        while pool.waiting() < waiters.len() {
-            tokio::task::yield_now().await;
-        }
+        until(|| pool.waiting() == waiters.len()).await;
     }
     held.release(true, false);
     // A newcomer arriving now queues behind "second" rather than taking what "first" frees.
@@ -193,26 +197,15 @@ async fn waiters_are_served_in_arrival_order_and_newcomers_do_not_barge() {
 async fn room_from_a_reload_goes_to_the_clients_already_waiting() {
     let (pools, pool, _) = pools_with(StandIn::default(), settings(1));
     let _held = pool.checkout(&params(&[])).await.unwrap();
-    // Each task keeps the lease it gets until the test takes it.
-    let keep = |pool: &Arc<Pool>| {
-        let pool = pool.clone();
-        tokio::spawn(async move { pool.checkout(&params(&[])).await })
-    };
-    let first = keep(&pool);
-    while pool.waiting() < 1 {
-        tokio::task::yield_now().await;
-    }
-    let second = keep(&pool);
-    while pool.waiting() < 2 {
-        tokio::task::yield_now().await;
-    }
+    let first = spawn_checkout(&pool);
+    until(|| pool.waiting() >= 1).await;
+    let second = spawn_checkout(&pool);
+    until(|| pool.waiting() >= 2).await;
     pools.set_settings(settings(2));
     assert_eq!(pool.waiting(), 1, "the new place went to a waiting client at once");
-    let newcomer = keep(&pool);
+    let newcomer = spawn_checkout(&pool);
     let _first = first.await.unwrap().expect("the oldest waiter got the new place");
-    while pool.waiting() < 2 {
-        tokio::task::yield_now().await;
-    }
+    until(|| pool.waiting() >= 2).await;
     assert!(!second.is_finished() && !newcomer.is_finished(), "the newcomer queues behind the second");
     assert_eq!(pool.counts(), (0, 2));
 }
@@ -222,11 +215,9 @@ async fn a_checkout_dropped_while_logging_in_gives_its_place_back() {
     let gate = Arc::new(Semaphore::new(0));
     let (pool, connector) = pool_with(StandIn { gate: Some(gate.clone()), ..StandIn::default() }, settings(1));
     let pending = spawn_checkout(&pool);
-    while pool.counts().1 == 0 {
-        tokio::task::yield_now().await;
-    }
+    until(|| pool.counts().1 > 0).await;
     pending.abort();
-    assert!(pending.await.unwrap_err().is_cancelled());
+    assert!(pending.await.is_err_and(|error| error.is_cancelled()));
     assert_eq!(pool.counts(), (0, 0), "the reserved place came back");
     gate.add_permits(1);
     let _lease = pool.checkout(&params(&[])).await.unwrap();
@@ -242,9 +233,7 @@ async fn a_fill_dropped_half_way_gives_its_place_back() {
         async move { pool.fill(3).await }
     });
     // The first warm connection opens; the second waits at the gate, holding a place.
-    while pool.counts() != (1, 2) {
-        tokio::task::yield_now().await;
-    }
+    until(|| pool.counts() == (1, 2)).await;
     fill.abort();
     let _ = fill.await;
     assert_eq!(pool.counts(), (1, 1));
@@ -255,19 +244,16 @@ async fn a_waiter_that_gives_up_does_not_swallow_the_next_free_connection() {
     let (pool, _) = pool_with(StandIn::default(), settings(1));
     let held = pool.checkout(&params(&[])).await.unwrap();
     let quitter = spawn_checkout(&pool);
-    while pool.waiting() < 1 {
-        tokio::task::yield_now().await;
-    }
+    until(|| pool.waiting() >= 1).await;
     let patient = spawn_checkout(&pool);
-    while pool.waiting() < 2 {
-        tokio::task::yield_now().await;
-    }
+    until(|| pool.waiting() >= 2).await;
     quitter.abort();
     let _ = quitter.await;
     let mut held = held;
     let pid = held.connection().key().pid;
     held.release(true, false);
-    assert_eq!(patient.await.unwrap().unwrap(), pid, "the patient waiter got the released connection");
+    let mut lease = patient.await.unwrap().unwrap();
+    assert_eq!(lease.connection().key().pid, pid, "the patient waiter got the released connection");
 }
 
 #[tokio::test]

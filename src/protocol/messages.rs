@@ -37,6 +37,27 @@ pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
     });
 }
 
+/// The name and value a ParameterStatus body carries.
+pub fn read_parameter_status(body: &[u8]) -> (String, String) {
+    let mut fields = body.split(|&b| b == 0);
+    let mut text = || String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
+    (text(), text())
+}
+
+/// Records a reported parameter in `params`: a new value replaces the old one in its place,
+/// so the list keeps the order in which the server first reported each.
+pub fn record_parameter(params: &mut Vec<(String, String)>, name: String, value: String) {
+    match params.iter_mut().find(|(n, _)| *n == name) {
+        Some(entry) => entry.1 = value,
+        None => params.push((name, value)),
+    }
+}
+
+/// Any message, its body as given (a message of the proxy's own that it passes on unread).
+pub fn raw(buf: &mut BytesMut, tag: u8, body: &[u8]) {
+    message(buf, tag, |out| out.extend_from_slice(body));
+}
+
 /// BackendKeyData.
 pub fn backend_key_data(buf: &mut BytesMut, key: CancelKey) {
     message(buf, backend::BACKEND_KEY_DATA, |body| {

@@ -28,10 +28,10 @@ use std::future::poll_fn;
 use std::io;
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::protocol::{backend, frontend};
+use crate::protocol::{backend, frontend, messages};
 use crate::upstream::{Delivery, PreparedStatements, ProtocolState, ServerConnection};
 use pipe::{Pipe, PumpEnd, PumpError, Scan, Verdict};
 
@@ -109,9 +109,7 @@ impl Insert<'_> {
     pub fn message(&mut self, tag: u8, body: &[u8]) {
         debug_assert!(is_extended(tag), "only extended-protocol messages are inserted, not '{}'", tag.escape_ascii());
         self.protocol.proxy_sent(tag, body, self.prepared);
-        self.out.put_u8(tag);
-        self.out.put_u32((body.len() + 4) as u32);
-        self.out.put_slice(body);
+        messages::raw(self.out, tag, body);
     }
 }
 

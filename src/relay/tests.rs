@@ -2,15 +2,9 @@ use super::pipe::MAX_IDLE_CAPACITY;
 use super::*;
 use crate::protocol::frame::MAX_BUFFERED_MESSAGE;
 use crate::protocol::{CancelKey, StartupParams, TransactionStatus};
+use test_support::wire::message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 use tokio::task::JoinHandle;
-
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
 
 /// A server connection over an in-memory pipe; returns it and the stand-in server's end.
 fn connection() -> (ServerConnection, DuplexStream) {

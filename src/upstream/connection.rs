@@ -6,9 +6,8 @@ use tokio::io::AsyncWriteExt;
 use super::ConnectError;
 use super::login::LoginResult;
 use super::state::{PreparedStatements, ProtocolState};
-use super::stream::ServerStream;
-use crate::protocol::frame::{MAX_BUFFERED_MESSAGE, read_message};
-use crate::protocol::messages::ErrorFields;
+use super::stream::{ServerStream, read_server_message};
+use crate::protocol::messages::{self, ErrorFields};
 use crate::protocol::{CancelKey, StartupParams, TransactionStatus, backend};
 
 /// Command tags after which the server holds no prepared statements.
@@ -159,15 +158,11 @@ impl ServerConnection {
         let mut outcomes = Vec::with_capacity(statements.len());
         let mut outcome = Ok(None);
         while outcomes.len() < statements.len() {
-            let (tag, body) = read_message(&mut self.stream, &mut inbound, MAX_BUFFERED_MESSAGE)
-                .await?
-                .ok_or_else(|| ConnectError::Io(std::io::ErrorKind::UnexpectedEof.into()))?;
+            let (tag, body) = read_server_message(&mut self.stream, &mut inbound).await?;
             match tag {
                 backend::PARAMETER_STATUS => {
-                    let mut fields = body.split(|&b| b == 0);
-                    let name = String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
-                    let value = String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
-                    self.set_server_param(name, value);
+                    let (name, value) = messages::read_parameter_status(&body);
+                    messages::record_parameter(&mut self.server_params, name, value);
                 }
                 backend::ERROR_RESPONSE => outcome = Err(ErrorFields::parse(&body)),
                 backend::DATA_ROW if matches!(outcome, Ok(None)) => outcome = Ok(first_column(&body)),
@@ -186,13 +181,6 @@ impl ServerConnection {
         }
         self.leftover = inbound;
         Ok(outcomes)
-    }
-
-    fn set_server_param(&mut self, name: String, value: String) {
-        match self.server_params.iter_mut().find(|(n, _)| *n == name) {
-            Some(entry) => entry.1 = value,
-            None => self.server_params.push((name, value)),
-        }
     }
 
     /// A cheap check that an idle connection is still there: the server sends nothing to an
@@ -216,11 +204,8 @@ fn first_column(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use test_support::wire::message;
     use tokio::io::duplex;
-
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        [&[tag][..], &((body.len() + 4) as u32).to_be_bytes(), body].concat()
-    }
 
     #[tokio::test]
     async fn the_proxys_own_queries_keep_the_session_state() {

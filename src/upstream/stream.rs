@@ -5,8 +5,12 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
+
+use super::ConnectError;
+use crate::protocol::frame::{MAX_BUFFERED_MESSAGE, read_message};
 
 /// The upstream TLS transport.
 pub type UpstreamStream = tokio_rustls::client::TlsStream<TcpStream>;
@@ -37,6 +41,17 @@ impl ServerStream {
             ServerStream::Memory(pipe) => matches!(Pin::new(pipe).poll_read(&mut cx, &mut buf), Poll::Pending),
         }
     }
+}
+
+/// Reads one whole server message in a conversation the proxy holds itself (the login, its
+/// own queries), where the server closing the connection is an error.
+pub(super) async fn read_server_message<S: AsyncRead + Unpin + ?Sized>(
+    stream: &mut S,
+    inbound: &mut BytesMut,
+) -> Result<(u8, Bytes), ConnectError> {
+    read_message(stream, inbound, MAX_BUFFERED_MESSAGE)
+        .await?
+        .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof).into())
 }
 
 impl AsyncRead for ServerStream {

@@ -8,10 +8,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::ConnectError;
-use super::stream::UpstreamStream;
+use super::stream::{UpstreamStream, read_server_message};
 use crate::credentials::Secret;
 use crate::protocol::CancelKey;
-use crate::protocol::frame::{self, MAX_BUFFERED_MESSAGE};
 use crate::tls::server_end_point_hash;
 use states::{Login, Step, protocol_error};
 
@@ -55,9 +54,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<LoginResult, ConnectError> {
     let mut inbound = BytesMut::with_capacity(1024);
     loop {
-        let (tag, body) = frame::read_message(stream, &mut inbound, MAX_BUFFERED_MESSAGE)
-            .await?
-            .ok_or_else(|| ConnectError::Io(std::io::ErrorKind::UnexpectedEof.into()))?;
+        let (tag, body) = read_server_message(stream, &mut inbound).await?;
         let (next, send) = match login.feed(tag, body)? {
             Step::Read(next) => (next, None),
             Step::Send(next, send) => (next, Some(send)),

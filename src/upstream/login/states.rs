@@ -14,7 +14,7 @@ use tracing::debug;
 
 use super::LoginResult;
 use crate::credentials::Secret;
-use crate::protocol::messages::ErrorFields;
+use crate::protocol::messages::{self, ErrorFields};
 use crate::protocol::{AuthRequest, CancelKey, backend};
 use crate::upstream::ConnectError;
 
@@ -222,10 +222,7 @@ pub(super) struct ExpectReady {
 impl ExpectReady {
     fn handle(mut self, message: Message) -> Result<Step<'static>, ConnectError> {
         match message {
-            Message::ParameterStatus(name, value) => match self.params.iter_mut().find(|(n, _)| *n == name) {
-                Some(entry) => entry.1 = value,
-                None => self.params.push((name, value)),
-            },
+            Message::ParameterStatus(name, value) => messages::record_parameter(&mut self.params, name, value),
             Message::BackendKeyData(key) => self.key = Some(key),
             Message::ReadyForQuery => {
                 let key = self.key.ok_or_else(|| protocol_error("no BackendKeyData before ReadyForQuery"))?;
@@ -263,9 +260,8 @@ impl Message {
                 Message::Auth(request, body)
             }
             backend::PARAMETER_STATUS => {
-                let mut fields = body.split(|&b| b == 0);
-                let mut text = || String::from_utf8_lossy(fields.next().unwrap_or_default()).into_owned();
-                Message::ParameterStatus(text(), text())
+                let (name, value) = messages::read_parameter_status(&body);
+                Message::ParameterStatus(name, value)
             }
             backend::BACKEND_KEY_DATA => {
                 if body.len() < 8 {
