@@ -253,8 +253,7 @@ async fn attach(
     };
     // The server explained itself (a FATAL) if its last word was an error.
     let explained = connection.protocol().last_message_type() == backend::ERROR_RESPONSE;
-    let reusable = connection.reusable();
-    lease.release(reusable, relay.used());
+    lease.release(relay.used());
     let (to_upstream, to_client, round_trips) = relay.traffic();
     metrics::session_traffic(&ctx.pools.upstream().label, to_upstream, to_client, round_trips);
     match end {

@@ -35,11 +35,13 @@ impl Lease {
         &mut self.connection
     }
 
-    /// Returns the connection: when `reusable`, it is reset in the background and goes back
-    /// to the pool; otherwise it is closed. `used` says whether the client sent anything
-    /// (an untouched connection needs no reset).
-    pub fn release(self, reusable: bool, used: bool) {
+    /// Returns the connection: when it is reusable (idle outside a transaction, owing nothing;
+    /// see [`ServerConnection::reusable`]), it is reset in the background and goes back to the
+    /// pool; otherwise it is closed. `used` says whether the client sent anything (an
+    /// untouched connection needs no reset).
+    pub fn release(self, used: bool) {
         let Lease { mut connection, deadline, slot } = self;
+        let reusable = connection.reusable();
         let label = slot.pool().upstream.label.clone();
         if !reusable || Instant::now() >= deadline {
             debug!(connection = connection.id(), reusable, "closing upstream connection at release");

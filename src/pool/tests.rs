@@ -68,9 +68,10 @@ impl Connect for StandIn {
 }
 
 /// Answers each simple query with CommandComplete (or an error for one containing `fail`)
-/// and ReadyForQuery.
+/// and ReadyForQuery, inside a transaction after `BEGIN`.
 async fn serve(mut pipe: DuplexStream, queries: Arc<AsyncMutex<Vec<String>>>) {
     let mut inbound = BytesMut::new();
+    let mut status = TransactionStatus::Idle;
     while let Ok(Some((tag, body))) = read_message(&mut pipe, &mut inbound, 1 << 20).await {
         if tag != frontend::QUERY {
             continue;
@@ -84,7 +85,10 @@ async fn serve(mut pipe: DuplexStream, queries: Arc<AsyncMutex<Vec<String>>>) {
                 messages::command_complete(&mut out, "OK");
             }
         }
-        messages::ready_for_query(&mut out, TransactionStatus::Idle);
+        if sql == "BEGIN" {
+            status = TransactionStatus::InTransaction;
+        }
+        messages::ready_for_query(&mut out, status);
         queries.lock().await.push(sql);
         if pipe.write_all(&out).await.is_err() {
             return;
@@ -137,7 +141,7 @@ async fn a_released_connection_is_reset_and_reused() {
     let (pool, connector) = pool_with(StandIn::default(), settings(2));
     let lease = pool.checkout(&params(&[])).await.unwrap();
     assert_eq!(pool.counts(), (0, 1));
-    lease.release(true, true);
+    lease.release(true);
     idle_count_reaches(&pool, 1).await;
     let _again = pool.checkout(&params(&[])).await.unwrap();
     assert_eq!(connector.logins.load(Ordering::SeqCst), 1, "the idle connection was reused");
@@ -148,8 +152,9 @@ async fn a_released_connection_is_reset_and_reused() {
 #[tokio::test]
 async fn a_dirty_release_closes_the_connection_and_frees_its_place() {
     let (pool, connector) = pool_with(StandIn::default(), settings(1));
-    let lease = pool.checkout(&params(&[])).await.unwrap();
-    lease.release(false, true);
+    let mut lease = pool.checkout(&params(&[])).await.unwrap();
+    lease.connection().simple_query("BEGIN").await.unwrap().unwrap();
+    lease.release(true);
     assert_eq!(pool.counts(), (0, 0));
     let _next = pool.checkout(&params(&[])).await.unwrap();
     assert_eq!(connector.logins.load(Ordering::SeqCst), 2);
@@ -177,11 +182,11 @@ async fn waiters_are_served_in_arrival_order_and_newcomers_do_not_barge() {
         waiters.push(tokio::spawn(async move {
             let lease = waiting_pool.checkout(&params(&[])).await.unwrap();
             served.lock().unwrap().push(name);
-            lease.release(true, false);
+            lease.release(false);
         }));
         until(|| pool.waiting() == waiters.len()).await;
     }
-    held.release(true, false);
+    held.release(false);
     // A newcomer arriving now queues behind "second" rather than taking what "first" frees.
     let newcomer = pool.checkout(&params(&[])).await.unwrap();
     served.lock().unwrap().push("newcomer");
@@ -251,7 +256,7 @@ async fn a_waiter_that_gives_up_does_not_swallow_the_next_free_connection() {
     let _ = quitter.await;
     let mut held = held;
     let pid = held.connection().key().pid;
-    held.release(true, false);
+    held.release(false);
     let mut lease = patient.await.unwrap().unwrap();
     assert_eq!(lease.connection().key().pid, pid, "the patient waiter got the released connection");
 }
@@ -269,7 +274,7 @@ async fn a_failed_login_frees_its_place() {
 #[tokio::test]
 async fn a_dead_idle_connection_is_replaced_at_checkout() {
     let (pool, connector) = pool_with(StandIn::default(), settings(2));
-    pool.checkout(&params(&[])).await.unwrap().release(true, false);
+    pool.checkout(&params(&[])).await.unwrap().release(false);
     idle_count_reaches(&pool, 1).await;
     let servers: Vec<_> = connector.servers.lock().unwrap().drain(..).collect();
     for server in servers {
@@ -285,9 +290,9 @@ async fn a_dead_idle_connection_is_replaced_at_checkout() {
 async fn settings_are_matched_exactly_or_adjusted_with_one_round_trip() {
     let (pool, connector) = pool_with(StandIn::default(), settings(2));
     let psql = params(&[("application_name", "psql")]);
-    pool.checkout(&psql).await.unwrap().release(true, true);
+    pool.checkout(&psql).await.unwrap().release(true);
     idle_count_reaches(&pool, 1).await;
-    pool.checkout(&psql).await.unwrap().release(true, false);
+    pool.checkout(&psql).await.unwrap().release(false);
     idle_count_reaches(&pool, 1).await;
     assert_eq!(pool.checkouts(CheckoutKind::Exact), 1, "same settings, no round trip");
 
@@ -302,7 +307,7 @@ async fn settings_are_matched_exactly_or_adjusted_with_one_round_trip() {
 #[tokio::test]
 async fn a_full_pool_of_other_settings_closes_one_to_make_room() {
     let (pool, connector) = pool_with(StandIn::default(), settings(1));
-    pool.checkout(&params(&[("application_name", "a")])).await.unwrap().release(true, false);
+    pool.checkout(&params(&[("application_name", "a")])).await.unwrap().release(false);
     idle_count_reaches(&pool, 1).await;
     let _other = pool.checkout(&params(&[("application_name", "b")])).await.unwrap();
     assert_eq!(connector.logins.load(Ordering::SeqCst), 2);
@@ -312,7 +317,7 @@ async fn a_full_pool_of_other_settings_closes_one_to_make_room() {
 #[tokio::test]
 async fn a_connection_past_its_lifetime_is_closed_at_release() {
     let (pool, _) = pool_with(StandIn::default(), PoolSettings { max_lifetime: Duration::ZERO, ..settings(2) });
-    pool.checkout(&params(&[])).await.unwrap().release(true, true);
+    pool.checkout(&params(&[])).await.unwrap().release(true);
     assert_eq!(pool.counts(), (0, 0), "closed, not pooled");
 }
 
@@ -320,8 +325,8 @@ async fn a_connection_past_its_lifetime_is_closed_at_release() {
 async fn idle_connections_past_the_idle_timeout_are_pruned_down_to_the_warm_count() {
     let (pool, _) = pool_with(StandIn::default(), PoolSettings { idle_timeout: Duration::ZERO, ..settings(3) });
     let (first, second) = (pool.checkout(&params(&[])).await.unwrap(), pool.checkout(&params(&[])).await.unwrap());
-    first.release(true, false);
-    second.release(true, false);
+    first.release(false);
+    second.release(false);
     idle_count_reaches(&pool, 2).await;
     pool.prune(1);
     assert_eq!(pool.counts(), (1, 1), "one is kept warm");
