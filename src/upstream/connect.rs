@@ -171,9 +171,14 @@ impl Endpoint {
                 )));
             }
         }
-        self.tls.connect(address.server_name.clone(), tcp).await.map_err(|error| ConnectError::Tls {
-            host: address.host.clone(),
-            reason: tls::describe_handshake_error(&error),
+        self.tls.connect(address.server_name.clone(), tcp).await.map_err(|error| {
+            // A TLS verdict (certificate, protocol) repeats; a connection dropped mid-handshake,
+            // as a restarting server does, is an I/O failure that may pass by itself.
+            if error.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                ConnectError::Tls { host: address.host.clone(), reason: tls::describe_handshake_error(&error) }
+            } else {
+                ConnectError::Io(error)
+            }
         })
     }
 
