@@ -23,7 +23,7 @@ const HEADS: [&str; 8] = ["set", "reset", "listen", "load", "prepare", "dealloca
 /// (see [`is_select`]). Any statement holding none of these is [`Plain`].
 pub(super) fn is_notable(token: &Token, first: bool, selects: bool) -> bool {
     match token.kind {
-        Kind::Word if first => HEADS.iter().any(|word| token.is_word(word)) || token.is_word("create"),
+        Kind::Word if first && HEADS.iter().any(|word| token.is_word(word)) => true,
         Kind::Word if token.is_word("create") || (selects && token.is_word("into")) => true,
         Kind::Word | Kind::Quoted { .. } => {
             SESSION_LOCKS.iter().any(|name| literal::ident_is(token, name)) || literal::ident_is(token, "set_config")

@@ -97,6 +97,9 @@ pub enum PinReason {
     /// CHARACTERISTICS`, `SET x FROM CURRENT`, a list value, `set_config` with arguments that
     /// are not literals, or a form this module does not know.
     UntrackedSet,
+    /// An unnamed statement too long for the pooler to keep, so it cannot be prepared again on
+    /// another connection (not a classification of SQL: the pooler's own reason).
+    LongStatement,
 }
 
 impl PinReason {
@@ -111,6 +114,7 @@ impl PinReason {
             PinReason::Load => "load",
             PinReason::Role => "role",
             PinReason::UntrackedSet => "untracked_set",
+            PinReason::LongStatement => "long_statement",
         }
     }
 }
