@@ -64,6 +64,8 @@ pub mod backend {
     pub const COMMAND_COMPLETE: u8 = b'C';
     /// EmptyQueryResponse.
     pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
+    /// CopyInResponse: the server waits for COPY FROM STDIN data.
+    pub const COPY_IN_RESPONSE: u8 = b'G';
     /// ParseComplete.
     pub const PARSE_COMPLETE: u8 = b'1';
     /// BindComplete.

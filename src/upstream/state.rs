@@ -30,9 +30,10 @@
 //! miscounted.
 //!
 //! A COPY's traffic is part of its Query's or Execute's answer and streams like any other.
-//! During COPY FROM STDIN the server ignores Sync and Flush, and libpq and tokio-postgres
-//! send a Sync before the COPY's data (and another after it): that first Sync stays owed, so
-//! such a connection is not reused, as before the queue existed.
+//! During COPY FROM STDIN the server ignores Sync and Flush (tokio-postgres sends a Sync
+//! before the COPY's data and another after it): from the server's CopyInResponse until the
+//! client's CopyDone or CopyFail (or an error that ends the COPY), Syncs the client sends owe
+//! nothing, including those already queued when the CopyInResponse arrives.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -314,6 +315,11 @@ pub struct ProtocolState {
     skipping: bool,
     /// The last message sent makes the server send what it has (Flush, Sync, Query).
     flushed: bool,
+    /// The server is in COPY FROM STDIN, ignoring Syncs, until the client's CopyDone or
+    /// CopyFail.
+    copy_in: bool,
+    /// Sequence number of the client's last CopyDone or CopyFail.
+    copy_ended: u64,
     transaction_status: TransactionStatus,
     /// Type of the last message the server sent.
     last_message_type: u8,
@@ -336,6 +342,8 @@ impl Default for ProtocolState {
             unsynced: false,
             skipping: false,
             flushed: true,
+            copy_in: false,
+            copy_ended: 0,
             transaction_status: TransactionStatus::Idle,
             last_message_type: 0,
             local_replies: BytesMut::new(),
@@ -420,12 +428,20 @@ impl ProtocolState {
         if !local {
             self.flushed = matches!(tag, frontend::FLUSH | frontend::SYNC | frontend::QUERY | frontend::FUNCTION_CALL);
         }
-        if tag == frontend::FLUSH {
-            self.unsynced = true;
+        match tag {
+            frontend::FLUSH => self.unsynced = true,
+            frontend::COPY_DONE | frontend::COPY_FAIL => {
+                self.copy_in = false;
+                self.copy_ended = self.sequence;
+            }
+            _ => {}
         }
         let Some(request) = Request::for_tag(tag) else {
             return false;
         };
+        if request == Request::Sync && self.copy_in {
+            return false;
+        }
         if request == Request::Sync {
             self.unsynced = false;
             self.skipping = false;
@@ -473,9 +489,14 @@ impl ProtocolState {
                 }
                 delivery
             }
+            backend::COPY_IN_RESPONSE => {
+                self.enter_copy_in();
+                Delivery::Forward
+            }
             // Passed on even when it answers the proxy: the client's own messages up to its
             // Sync are skipped without a reply, and this is what tells it why.
             backend::ERROR_RESPONSE => {
+                self.copy_in = false;
                 let mut delivery = Delivery::Forward;
                 if let Some(Owed { sender: Sender::Refused(error), .. }) = self.owed.front() {
                     self.local_replies.extend_from_slice(error);
@@ -518,6 +539,19 @@ impl ProtocolState {
         };
         self.answer_locally();
         delivery
+    }
+
+    /// The server waits for COPY data: the Syncs queued behind the COPY that the client sent
+    /// before ending it are ignored by the server and owe nothing.
+    fn enter_copy_in(&mut self) {
+        let Some(copy) = self.owed.front().map(|owed| owed.sequence) else { return };
+        let copy_ended = self.copy_ended;
+        let ended = copy_ended > copy;
+        let ignored = |owed: &Owed| {
+            owed.request == Request::Sync && owed.sequence > copy && (!ended || owed.sequence < copy_ended)
+        };
+        self.owed.retain(|owed| !ignored(owed));
+        self.copy_in = !ended;
     }
 
     fn delivery(&self, owed: &Owed) -> Delivery {
@@ -623,6 +657,27 @@ mod tests {
         assert_eq!(state.ready_owed(), 1);
         play(&mut state, &mut prepared, "<ZI");
         assert!(state.is_idle());
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_from_stdin_owe_nothing() {
+        for script in [
+            // tokio-postgres: a Sync before the data, another after it.
+            ">B >E >S <2 <G >d >c >S <C <ZI",
+            // The whole COPY sent before the server asks for the data.
+            ">B >E >S >d >c >S <2 <G <C <ZI",
+            // Simple protocol.
+            ">Q <G >d >d >c <C <ZI",
+            // The server fails the COPY: it skips to the next Sync.
+            ">B >E >S <2 <G >d <E >c >S <ZI",
+        ] {
+            let (mut state, mut prepared) = fresh();
+            play(&mut state, &mut prepared, script);
+            assert!(state.is_idle(), "{script}: {state:?}");
+        }
+        let (mut state, mut prepared) = fresh();
+        play(&mut state, &mut prepared, ">B >E >S <2 <G >d >S");
+        assert!(state.copy_in && state.ready_owed() == 0, "a Sync amid the data is ignored");
     }
 
     #[test]
