@@ -11,6 +11,7 @@
 //! reset before anyone else gets it.
 
 mod hook;
+mod names;
 
 use std::sync::Arc;
 
@@ -88,6 +89,7 @@ pub(super) async fn serve(
             None => Box::pin(checkout_with_notice(client, pool, request, entry, &mut BytesMut::new())).await?,
         };
         tell_changed_parameters(client, &mut lease, &mut view).await?;
+        relay.hook().names.attached();
         let (end, stopping) = attach(client, &mut relay, &mut lease, key, &pending, ctx, entry).await?;
         pending.clear();
         relay.release_buffers();
@@ -150,7 +152,7 @@ fn answer_without_server(hook: &mut TransactionHook, bytes: &[u8]) -> Option<Byt
     let mut failed = false;
     for (tag, body) in messages_in {
         if tag == frontend::SYNC {
-            hook.sync_without_server();
+            hook.names.synced();
             messages::ready_for_query(&mut answer, TransactionStatus::Idle);
         } else if !failed {
             match hook.parse_without_server(body) {
