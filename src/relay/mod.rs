@@ -33,8 +33,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::protocol::{backend, frontend, messages};
 use crate::upstream::{
-    Delivery, PreparedStatements, ProtocolState, Sent, ServerConnection, Settled, StatementEffect, StatementId, Token,
-    UnnamedOwner, server_statement_name,
+    Delivery, PreparedStatements, ProtocolState, RelayParts, Sent, ServerConnection, Settled, StatementEffect,
+    StatementId, Token, UnnamedOwner, server_statement_name,
 };
 use pipe::{Pipe, PumpEnd, PumpError, Scan, Splice, Verdict};
 
@@ -283,22 +283,31 @@ impl<H: Hook> Scan for FromClient<'_, H> {
 }
 
 /// Server messages, read by header alone except ReadyForQuery, whose status byte counts, and
-/// CommandComplete and ErrorResponse when the hook follows statements.
+/// CommandComplete, ErrorResponse and ParameterStatus (recorded on the connection) when the
+/// hook follows statements.
 struct FromServer<'a, H> {
     hook: &'a mut H,
     protocol: &'a mut ProtocolState,
     prepared: &'a mut PreparedStatements,
+    params: &'a mut Vec<(String, String)>,
     counts: &'a mut Counts,
 }
 
 impl<H: Hook> Scan for FromServer<'_, H> {
     fn wants_body(&self, tag: u8) -> bool {
         tag == backend::READY_FOR_QUERY
-            || (matches!(tag, backend::COMMAND_COMPLETE | backend::ERROR_RESPONSE) && self.hook.follows_statements())
+            || (matches!(tag, backend::COMMAND_COMPLETE | backend::ERROR_RESPONSE | backend::PARAMETER_STATUS)
+                && self.hook.follows_statements())
     }
 
     fn message(&mut self, tag: u8, body: Option<&[u8]>, _len: usize, splice: &mut Splice) -> Verdict {
         self.counts.server_messages += 1;
+        if tag == backend::PARAMETER_STATUS
+            && let Some(body) = body
+        {
+            let (name, value) = messages::read_parameter_status(body);
+            messages::record_parameter(self.params, name, value);
+        }
         let delivery = self.protocol.server_sent(tag, body.unwrap_or_default(), self.prepared);
         if !self.protocol.local_replies.is_empty() {
             splice.after.extend_from_slice(&self.protocol.local_replies);
@@ -371,13 +380,13 @@ impl<H: Hook> Relay<H> {
         from_client: &[u8],
         from_upstream: &[u8],
     ) -> io::Result<()> {
-        let (_, protocol, prepared) = server.relay_parts();
+        let RelayParts { protocol, prepared, params, .. } = server.relay_parts();
         self.to_client.preload(from_upstream);
         self.to_upstream.preload(from_client);
         // The server's bytes were read first: they cannot answer what the client sends now.
         let Relay { to_upstream, to_client, hook, counts, .. } = self;
         let scanned = to_client
-            .scan(&mut FromServer { hook, protocol, prepared, counts })
+            .scan(&mut FromServer { hook, protocol, prepared, params, counts })
             .and_then(|()| to_upstream.scan(&mut FromClient { hook, protocol, prepared }));
         move_local_replies(protocol, to_client);
         if scanned.is_err() {
@@ -394,8 +403,8 @@ impl<H: Hook> Relay<H> {
         C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
         poll_fn(|cx| {
-            let (stream, protocol, prepared) = server.relay_parts();
-            let polled = self.poll_run(cx, client, stream, protocol, prepared);
+            let RelayParts { stream, protocol, prepared, params } = server.relay_parts();
+            let polled = self.poll_run(cx, client, stream, protocol, prepared, params);
             protocol.between_messages =
                 self.to_upstream.delivered_to_message_boundary() && self.to_client.read_to_message_boundary();
             if let Poll::Ready(end) = &polled
@@ -415,6 +424,7 @@ impl<H: Hook> Relay<H> {
         upstream: &mut U,
         protocol: &mut ProtocolState,
         prepared: &mut PreparedStatements,
+        params: &mut Vec<(String, String)>,
     ) -> Poll<RelayEnd>
     where
         C: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -441,7 +451,7 @@ impl<H: Hook> Relay<H> {
             }
             let server_messages = counts.server_messages;
             let inbound = to_client.poll_pump(cx, upstream, client, |pipe| {
-                pipe.scan(&mut FromServer { hook, protocol, prepared, counts })
+                pipe.scan(&mut FromServer { hook, protocol, prepared, params, counts })
             });
             match inbound {
                 // A held client message may be decided now that replies came.

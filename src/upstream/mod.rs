@@ -12,6 +12,7 @@ mod state;
 mod stream;
 
 pub use connect::{Endpoint, MovableHost};
+pub(crate) use connection::RelayParts;
 pub use connection::ServerConnection;
 pub use connector::{Connect, Connector, HostResolver};
 pub use error::ConnectError;

@@ -159,9 +159,10 @@ pub(crate) const DROPS_ALL_STATEMENTS: [&[u8]; 2] = [b"DISCARD ALL", b"DEALLOCAT
 /// What the server did with a message that carried a [`Token`], for the hook that sent it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
-    /// The message succeeded (its last reply came), or, for a reply the proxy made itself,
-    /// that reply went out.
-    Done(Token),
+    /// The message succeeded (its last reply came; for a Sync, Query or FunctionCall, its
+    /// ReadyForQuery, with no error in what it answers), or, for a reply the proxy made
+    /// itself, that reply went out. With the transaction status then.
+    Done(Token, TransactionStatus),
     /// The message failed or the server skipped it after an earlier error.
     Failed(Token),
     /// A `DISCARD ALL` or `DEALLOCATE ALL`, sent as the message with this sequence number
@@ -282,6 +283,8 @@ struct Owed {
     effect: StatementEffect,
     /// Reported to the hook as [`Settled`].
     token: Option<Token>,
+    /// For a sync point: an error came in what it answers (its batch, or its query).
+    errored: bool,
 }
 
 /// Whether a server message goes on to the client.
@@ -350,6 +353,8 @@ pub struct ProtocolState {
     copy_in: bool,
     /// Sequence number of the client's last CopyDone or CopyFail.
     copy_ended: u64,
+    /// An error ended the batch whose Sync is not sent yet.
+    batch_failed: bool,
     transaction_status: TransactionStatus,
     /// Type of the last message the server sent.
     last_message_type: u8,
@@ -374,6 +379,7 @@ impl Default for ProtocolState {
             flushed: true,
             copy_in: false,
             copy_ended: 0,
+            batch_failed: false,
             transaction_status: TransactionStatus::Idle,
             last_message_type: 0,
             local_replies: BytesMut::new(),
@@ -490,7 +496,9 @@ impl ProtocolState {
             prepared.record(id, self.sequence);
         }
         let sender = sent.sender.unwrap_or(Sender::Client);
-        self.owed.push_back(Owed { request, sender, sequence: self.sequence, effect: sent.effect, token: sent.token });
+        let errored = request == Request::Sync && std::mem::take(&mut self.batch_failed);
+        let (sequence, effect, token) = (self.sequence, sent.effect, sent.token);
+        self.owed.push_back(Owed { request, sender, sequence, effect, token, errored });
         self.answer_locally();
         true
     }
@@ -546,6 +554,10 @@ impl ProtocolState {
                         failed = false;
                     }
                     self.skipping = self.owed.is_empty();
+                    self.batch_failed = self.skipping;
+                }
+                if let Some(owed) = self.owed.front_mut() {
+                    owed.errored = true;
                 }
                 delivery
             }
@@ -606,7 +618,12 @@ impl ProtocolState {
 
     fn settle(&mut self, owed: Owed, done: bool) {
         if let Some(token) = owed.token {
-            self.settled.push(if done { Settled::Done(token) } else { Settled::Failed(token) });
+            let done = done && !owed.errored;
+            self.settled.push(if done {
+                Settled::Done(token, self.transaction_status)
+            } else {
+                Settled::Failed(token)
+            });
         }
     }
 

@@ -18,10 +18,11 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::names::{Lookup, Names};
+use super::settings::{Batch, Changes, Outcome, Settings};
 use crate::metrics;
 use crate::pool::{Pool, Statement};
 use crate::protocol::messages::{self, ErrorFields, Severity};
-use crate::protocol::{TransactionStatus, backend, frontend, sqlstate};
+use crate::protocol::{StartupParams, TransactionStatus, backend, frontend, sqlstate};
 use crate::relay::{Decision, Hook, Insert};
 use crate::sql::{self, PinReason};
 use crate::upstream::{Settled, StatementEffect, server_statement_name};
@@ -38,6 +39,9 @@ pub(super) struct TransactionHook {
     /// Most statements a server connection keeps.
     max_prepared: usize,
     pub(super) names: Names,
+    pub(super) settings: Settings,
+    /// The settings changes of the batch being sent.
+    batch: Batch,
     /// Messages of the client seen so far.
     sequence: u64,
     /// Why the client must keep its server connection, once it must.
@@ -46,7 +50,7 @@ pub(super) struct TransactionHook {
 }
 
 impl TransactionHook {
-    pub(super) fn new(client: u64, pool: Arc<Pool>) -> TransactionHook {
+    pub(super) fn new(client: u64, pool: Arc<Pool>, startup: StartupParams) -> TransactionHook {
         let max_prepared = pool.upstream().settings().max_prepared_statements;
         TransactionHook {
             client,
@@ -54,6 +58,8 @@ impl TransactionHook {
             pool,
             max_prepared,
             names: Names::default(),
+            settings: Settings::new(startup),
+            batch: Batch::default(),
             sequence: 0,
             pin: None,
         }
@@ -68,22 +74,31 @@ impl TransactionHook {
         self.pin.get_or_insert(reason);
     }
 
-    /// Notes what `sql` does to the session; returns its statements.
-    fn read_sql(&mut self, sql: &[u8]) -> Vec<sql::Statement> {
+    /// Notes what `sql` does to the session: pins it, or returns the settings it changes (to
+    /// track once they take effect), with its statements.
+    fn read_sql(&mut self, sql: &[u8]) -> (Vec<sql::Statement>, Option<Changes>) {
         let statements = sql::classify(&String::from_utf8_lossy(sql));
         for statement in &statements {
-            match statement {
-                sql::Statement::Pin(reason) => self.pin(*reason),
-                sql::Statement::Set { .. } | sql::Statement::Reset { .. } | sql::Statement::ResetAll => {
-                    self.pin(PinReason::UntrackedSet)
-                }
-                sql::Statement::DeallocateAll
-                | sql::Statement::DiscardAll
-                | sql::Statement::Deallocate(_)
-                | sql::Statement::Plain => {}
+            if let sql::Statement::Pin(reason) = statement {
+                self.pin(*reason);
             }
         }
-        statements
+        let changes = match self.settings.outcome(&statements) {
+            Outcome::Nothing => None,
+            Outcome::Track(changes) => Some(changes),
+            Outcome::Pin => {
+                self.pin(PinReason::UntrackedSet);
+                None
+            }
+        };
+        (statements, changes)
+    }
+
+    /// Pins the client where its settings changes took effect inside a transaction block.
+    fn apply_settings(&mut self, changes: &[super::settings::Change], status: TransactionStatus) {
+        if !self.settings.apply(changes, status) {
+            self.pin(PinReason::UntrackedSet);
+        }
     }
 
     /// Takes a Parse while the client has no server connection (see
@@ -93,17 +108,15 @@ impl TransactionHook {
     pub(super) fn parse_without_server(&mut self, body: &[u8]) -> Result<(), ErrorFields> {
         self.sequence += 1;
         let (name, definition) = split_cstr(body).unwrap_or((body, &[]));
-        if let Some((query, _)) = split_cstr(definition) {
-            self.read_sql(query);
-        }
+        let changes = split_cstr(definition).and_then(|(query, _)| self.read_sql(query).1);
         if name.is_empty() {
-            self.names.set_unnamed(Some(definition), self.sequence);
+            self.names.set_unnamed(Some(definition), changes, self.sequence);
             return Ok(());
         }
-        if let Lookup::Found(_) | Lookup::Unsettled = self.names.lookup(name) {
+        if let Lookup::Found(..) | Lookup::Unsettled = self.names.lookup(name) {
             return Err(already_exists(name));
         }
-        self.names.add(name, self.pool.statements().statement(definition));
+        self.names.add(name, self.pool.statements().statement(definition), changes);
         Ok(())
     }
 
@@ -157,16 +170,14 @@ impl TransactionHook {
 
     fn parse(&mut self, body: &[u8], len: usize, insert: &mut Insert<'_>) -> Decision {
         let Some((name, definition)) = split_cstr(body) else { return Decision::Forward };
-        if let Some((query, _)) = split_cstr(definition) {
-            self.read_sql(query);
-        }
+        let changes = split_cstr(definition).and_then(|(query, _)| self.read_sql(query).1);
         if name.is_empty() {
             let whole = body.len() == len;
             if !whole {
                 // Too long to keep for preparing again elsewhere: keep the server instead.
                 self.pin(PinReason::LongStatement);
             }
-            if let Some(token) = self.names.set_unnamed(whole.then_some(definition), self.sequence) {
+            if let Some(token) = self.names.set_unnamed(whole.then_some(definition), changes, self.sequence) {
                 insert.track(token);
             }
             insert.set_unnamed_owner(Some((self.client, self.sequence)));
@@ -174,7 +185,7 @@ impl TransactionHook {
         }
         match self.names.lookup(name) {
             Lookup::Unsettled => return Decision::Hold,
-            Lookup::Found(_) => {
+            Lookup::Found(..) => {
                 return refuse(insert, sqlstate::DUPLICATE_PREPARED_STATEMENT, already_exists(name).message);
             }
             Lookup::Absent => {}
@@ -194,7 +205,7 @@ impl TransactionHook {
         } else {
             StatementEffect::Prepares(id)
         };
-        let token = self.names.add_pending(name, statement, insert.protocol().sequence());
+        let token = self.names.add_pending(name, statement, changes, insert.protocol().sequence());
         insert.track(token);
         let mut head = server_statement_name(id).into_bytes();
         head.push(0);
@@ -205,12 +216,19 @@ impl TransactionHook {
     /// A Bind or a Describe of a statement naming `name`, whose body starts with `lead` (the
     /// portal name and its NUL, or the Describe's kind byte) before the name.
     fn use_statement(&mut self, tag: u8, lead: &[u8], name: &[u8], len: usize, insert: &mut Insert<'_>) -> Decision {
+        let binds = tag == frontend::BIND;
         if name.is_empty() {
+            if binds {
+                self.batch.bind(self.names.unnamed().and_then(|unnamed| unnamed.changes.clone()));
+            }
             self.ensure_unnamed(insert);
             return Decision::Forward;
         }
         match self.names.lookup(name) {
-            Lookup::Found(statement) => {
+            Lookup::Found(statement, changes) => {
+                if binds {
+                    self.batch.bind(changes);
+                }
                 self.ensure_prepared(&statement, insert);
                 let mut head = lead.to_vec();
                 head.extend_from_slice(server_statement_name(statement.id).as_bytes());
@@ -229,12 +247,12 @@ impl TransactionHook {
 
     fn close(&mut self, name: &[u8], insert: &mut Insert<'_>) -> Decision {
         if name.is_empty() {
-            self.names.set_unnamed(None, self.sequence);
+            self.names.set_unnamed(None, None, self.sequence);
             insert.set_unnamed_owner(None);
             return Decision::Forward;
         }
         match self.names.lookup(name) {
-            Lookup::Found(_) => {
+            Lookup::Found(..) => {
                 if let Some(token) = self.names.remove_pending(name) {
                     insert.track(token);
                 }
@@ -249,14 +267,23 @@ impl TransactionHook {
 
     fn query(&mut self, body: &[u8], insert: &mut Insert<'_>) -> Decision {
         // A simple query destroys the unnamed statement, the client's and the server's.
-        self.names.set_unnamed(None, self.sequence);
+        self.names.set_unnamed(None, None, self.sequence);
         insert.set_unnamed_owner(None);
-        let statements = self.read_sql(split_cstr(body).map_or(body, |(sql, _)| sql));
+        let idle = insert.protocol().is_idle();
+        let (statements, changes) = self.read_sql(split_cstr(body).map_or(body, |(sql, _)| sql));
         if let [sql::Statement::Deallocate(name)] = statements.as_slice()
             && insert.protocol().owes_nothing()
-            && let Lookup::Found(_) = self.names.lookup(name.as_bytes())
+            && let Lookup::Found(..) = self.names.lookup(name.as_bytes())
         {
             return self.deallocate(name.as_bytes(), insert);
+        }
+        match changes {
+            Some(changes) if idle => {
+                let token = self.names.settings_token(changes);
+                insert.track(token);
+            }
+            Some(_) => self.pin(PinReason::UntrackedSet),
+            None => {}
         }
         Decision::Forward
     }
@@ -306,7 +333,18 @@ impl Hook for TransactionHook {
         self.sequence += 1;
         if tag == frontend::SYNC {
             self.names.synced();
+            match self.batch.sync() {
+                Outcome::Track(changes) => {
+                    let token = self.names.settings_token(changes);
+                    insert.track(token);
+                }
+                Outcome::Pin => self.pin(PinReason::UntrackedSet),
+                Outcome::Nothing => {}
+            }
             return Decision::Forward;
+        }
+        if tag != frontend::QUERY {
+            self.batch.message(insert.protocol().is_idle());
         }
         // The server discards everything up to the Sync: there is nothing to map.
         if insert.protocol().skipping() {
@@ -333,7 +371,9 @@ impl Hook for TransactionHook {
     }
 
     fn settled(&mut self, settled: Settled) {
-        self.names.settled(settled);
+        if let Some((changes, status)) = self.names.settled(settled) {
+            self.apply_settings(&changes, status);
+        }
     }
 }
 

@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::settings::Changes;
 use crate::pool::Statement;
+use crate::protocol::TransactionStatus;
 use crate::upstream::{Settled, Token};
 
 /// PostgreSQL keeps statement names in a table keyed by their first 63 bytes
@@ -36,6 +38,8 @@ pub(super) struct Names {
 /// One of the client's names.
 struct Named {
     statement: Arc<Statement>,
+    /// The settings it changes when run.
+    changes: Option<Changes>,
     /// When its Parse was sent: (attach, the server connection's sequence number).
     since: (u64, u64),
     /// Its Parse is unanswered: (batch, token).
@@ -47,20 +51,24 @@ struct Named {
 /// The client's unnamed statement: the Parse body after the (empty) name.
 pub(super) struct Unnamed {
     pub(super) definition: Bytes,
+    /// The settings it changes when run.
+    pub(super) changes: Option<Changes>,
     /// Which of the client's unnamed statements it is.
     pub(super) generation: u64,
 }
 
-/// What a tokened message does to the names once settled.
+/// What a tokened message does once settled.
 enum Pending {
     Prepare(Box<[u8]>),
     Close(Box<[u8]>),
     Unnamed(u64),
+    /// Settings changes, for [`Settings`](super::settings::Settings) to apply.
+    Settings(Changes),
 }
 
 /// Where a name stands for a message of the current batch.
 pub(super) enum Lookup {
-    Found(Arc<Statement>),
+    Found(Arc<Statement>, Option<Changes>),
     /// No such name (or it is closed earlier in this batch).
     Absent,
     /// It depends on a reply to an earlier batch.
@@ -91,23 +99,29 @@ impl Names {
         } else if named.closing.is_some() {
             Lookup::Absent
         } else {
-            Lookup::Found(named.statement.clone())
+            Lookup::Found(named.statement.clone(), named.changes.clone())
         }
     }
 
     /// Names `statement` `name` at once (no server saw it; see `answer_without_server`).
-    pub(super) fn add(&mut self, name: &[u8], statement: Arc<Statement>) {
-        let named = Named { statement, since: (self.attach, 0), pending: None, closing: None };
+    pub(super) fn add(&mut self, name: &[u8], statement: Arc<Statement>, changes: Option<Changes>) {
+        let named = Named { statement, changes, since: (self.attach, 0), pending: None, closing: None };
         self.names.insert(key(name).into(), named);
     }
 
     /// Names `statement` `name` once the Parse sent as the server's message number `sequence`
     /// goes through; returns the token it carries.
-    pub(super) fn add_pending(&mut self, name: &[u8], statement: Arc<Statement>, sequence: u64) -> Token {
+    pub(super) fn add_pending(
+        &mut self,
+        name: &[u8],
+        statement: Arc<Statement>,
+        changes: Option<Changes>,
+        sequence: u64,
+    ) -> Token {
         let name: Box<[u8]> = key(name).into();
         let token = self.token(Pending::Prepare(name.clone()));
-        let named =
-            Named { statement, since: (self.attach, sequence), pending: Some((self.batch, token)), closing: None };
+        let since = (self.attach, sequence);
+        let named = Named { statement, changes, since, pending: Some((self.batch, token)), closing: None };
         self.names.insert(name, named);
         token
     }
@@ -129,10 +143,23 @@ impl Names {
 
     /// The client's unnamed statement is now `definition` (or, with `None`, gone: a simple
     /// query or a Close destroys it); returns the token its Parse carries.
-    pub(super) fn set_unnamed(&mut self, definition: Option<&[u8]>, generation: u64) -> Option<Token> {
-        self.unnamed =
-            definition.map(|definition| Unnamed { definition: Bytes::copy_from_slice(definition), generation });
+    pub(super) fn set_unnamed(
+        &mut self,
+        definition: Option<&[u8]>,
+        changes: Option<Changes>,
+        generation: u64,
+    ) -> Option<Token> {
+        self.unnamed = definition.map(|definition| Unnamed {
+            definition: Bytes::copy_from_slice(definition),
+            changes,
+            generation,
+        });
         self.unnamed.is_some().then(|| self.token(Pending::Unnamed(generation)))
+    }
+
+    /// A token for a message that makes settings `changes`.
+    pub(super) fn settings_token(&mut self, changes: Changes) -> Token {
+        self.token(Pending::Settings(changes))
     }
 
     fn token(&mut self, pending: Pending) -> Token {
@@ -141,15 +168,16 @@ impl Names {
         self.next_token
     }
 
-    /// Applies what the server did with a tokened message.
-    pub(super) fn settled(&mut self, settled: Settled) {
+    /// Applies what the server did with a tokened message; returns the settings changes that
+    /// took effect, with the transaction status after them.
+    pub(super) fn settled(&mut self, settled: Settled) -> Option<(Changes, TransactionStatus)> {
         let (token, done) = match settled {
-            Settled::Done(token) => (token, true),
+            Settled::Done(token, _) => (token, true),
             Settled::Failed(token) => (token, false),
             Settled::DroppedStatements(sequence) => {
                 let attach = self.attach;
                 self.names.retain(|_, named| named.since > (attach, sequence));
-                return;
+                return None;
             }
         };
         match self.pending.remove(&token) {
@@ -182,7 +210,13 @@ impl Names {
             {
                 self.unnamed = None;
             }
+            Some(Pending::Settings(changes)) => {
+                if let Settled::Done(_, status) = settled {
+                    return Some((changes, status));
+                }
+            }
             Some(Pending::Unnamed(_)) | None => {}
         }
+        None
     }
 }
