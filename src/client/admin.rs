@@ -156,7 +156,7 @@ fn show(what: &str, view: &ProxyView) -> Option<Table> {
                 .collect(),
         ),
         "POOLS" => (
-            vec!["target", "database", "user", "options", "idle", "active", "max"],
+            vec!["target", "database", "user", "options", "mode", "idle", "active", "max", "waiting", "statements"],
             view.targets()
                 .iter()
                 .flat_map(|t| {
@@ -168,9 +168,12 @@ fn show(what: &str, view: &ProxyView) -> Option<Table> {
                             text(key.database.clone()),
                             text(key.user.clone()),
                             key.options.clone(),
+                            text(t.pools.upstream().settings().mode.name().to_owned()),
                             text(idle.to_string()),
                             text(open.saturating_sub(idle).to_string()),
                             text(t.pools.upstream().max_pool_size().to_string()),
+                            text(pool.waiting().to_string()),
+                            text(pool.statements().len().to_string()),
                         ]
                     })
                 })
