@@ -264,14 +264,25 @@ async fn a_client_killed_mid_transaction_leaves_no_trace() {
     let second_pid: i32 = second.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     assert_eq!(second_pid, first_pid, "a clean connection is reused");
 
-    // A session killed inside a transaction: its connection must not be reused.
-    second.batch_execute("BEGIN; SET LOCAL work_mem = '99MB'; CREATE TEMP TABLE inside (x int)").await.unwrap();
+    // A session killed inside a transaction: rolled back and reset before anyone reuses it.
+    second
+        .batch_execute("CREATE TABLE IF NOT EXISTS killed_mid_transaction (x int); TRUNCATE killed_mid_transaction")
+        .await
+        .unwrap();
+    second
+        .batch_execute(
+            "BEGIN; SET LOCAL work_mem = '99MB'; CREATE TEMP TABLE inside (x int); INSERT INTO killed_mid_transaction VALUES (1)",
+        )
+        .await
+        .unwrap();
     drop(second); // closes the socket without Terminate, mid-transaction
-    wait_until(|| pool.counts().1 == 0).await;
+    wait_until(|| pool.counts() == (1, 1)).await;
     let third = connect(&proxy).await;
     assert_clean(&third).await;
     let third_pid: i32 = third.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
-    assert_ne!(third_pid, first_pid, "the dirty connection was closed");
+    assert_eq!(third_pid, first_pid, "the connection was rolled back and reused");
+    let rows: i64 = third.query_one("SELECT count(*) FROM killed_mid_transaction", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 0, "the vanished client's insert was rolled back");
     proxy.stop().await;
 }
 

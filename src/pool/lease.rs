@@ -37,16 +37,16 @@ impl Lease {
 
     /// Returns the connection: when it is reusable (idle outside a transaction, owing nothing;
     /// see [`ServerConnection::reusable`]), it is reset in the background and goes back to the
-    /// pool; otherwise it is closed. `used` says whether the client sent anything (an
-    /// untouched connection needs no reset).
+    /// pool; a transaction its client left open is rolled back first; otherwise it is closed.
+    /// `used` says whether the client sent anything (an untouched connection needs no reset).
     pub fn release(self, used: bool) {
-        let Some((mut connection, deadline, slot)) = self.retire_unless_reusable() else { return };
-        if !used {
+        let Some((mut connection, deadline, slot, roll_back)) = self.retire_unless_reusable() else { return };
+        if !used && !roll_back {
             slot.into_idle(Idle { connection, deadline, idle_since: Instant::now() });
             return;
         }
         tokio::spawn(async move {
-            if !reset(&mut connection).await {
+            if !reset(&mut connection, roll_back, used).await {
                 metrics::upstream_retired(&slot.pool().upstream.label, "dirty");
                 return;
             }
@@ -56,40 +56,60 @@ impl Lease {
 
     /// Returns the connection as it is, its session state kept (transaction mode, between two
     /// transactions of clients that share it): to the pool if it is reusable and within its
-    /// lifetime, closed otherwise.
+    /// lifetime (after a rollback of a transaction its client left open), closed otherwise.
     pub fn release_as_is(self) {
-        if let Some((connection, deadline, slot)) = self.retire_unless_reusable() {
-            slot.into_idle(Idle { connection, deadline, idle_since: Instant::now() });
+        match self.retire_unless_reusable() {
+            Some((connection, deadline, slot, false)) => {
+                slot.into_idle(Idle { connection, deadline, idle_since: Instant::now() })
+            }
+            Some((mut connection, deadline, slot, true)) => {
+                tokio::spawn(async move {
+                    if !reset(&mut connection, true, false).await {
+                        metrics::upstream_retired(&slot.pool().upstream.label, "dirty");
+                        return;
+                    }
+                    slot.into_idle(Idle { connection, deadline, idle_since: Instant::now() });
+                });
+            }
+            None => {}
         }
     }
 
-    /// Closes the connection if it cannot serve anyone else (not reusable, or past its
-    /// lifetime); otherwise hands back its parts.
-    fn retire_unless_reusable(self) -> Option<(ServerConnection, Instant, Slot)> {
+    /// Closes the connection if it cannot serve anyone else (past its lifetime, or neither
+    /// reusable nor left in a transaction that a ROLLBACK ends); otherwise hands back its parts
+    /// and whether it needs that ROLLBACK.
+    fn retire_unless_reusable(self) -> Option<(ServerConnection, Instant, Slot, bool)> {
         let Lease { connection, deadline, slot } = self;
         let reusable = connection.reusable();
-        if !reusable || Instant::now() >= deadline {
+        let roll_back = !reusable && connection.protocol().in_transaction_between_messages();
+        if !(reusable || roll_back) || Instant::now() >= deadline {
             debug!(connection = connection.id(), reusable, "closing upstream connection at release");
             metrics::upstream_retired(&slot.pool().upstream.label, if reusable { "lifetime" } else { "dirty" });
             return None;
         }
-        Some((connection, deadline, slot))
+        Some((connection, deadline, slot, roll_back))
     }
 }
 
-/// Resets a used connection and gives it its client's settings again, in one round trip.
-/// False when the connection cannot be trusted any more.
-async fn reset(connection: &mut ServerConnection) -> bool {
-    let restore = settings_to_restore(connection);
-    let statements: Vec<&str> = [Some(RESET_QUERY), restore.as_deref()].into_iter().flatten().collect();
+/// Ends the transaction a client left open (`roll_back`) and, for a `used` connection, resets
+/// it and gives it its client's settings again, all in one round trip. False when the
+/// connection cannot be trusted any more.
+async fn reset(connection: &mut ServerConnection, roll_back: bool, used: bool) -> bool {
+    let restore = used.then(|| settings_to_restore(connection)).flatten();
+    let statements: Vec<&str> = [roll_back.then_some("ROLLBACK"), used.then_some(RESET_QUERY), restore.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
     match tokio::time::timeout(RESET_TIMEOUT, connection.simple_queries(&statements)).await {
-        Ok(Ok(outcomes)) if outcomes[0].is_ok() => {
-            if let Some(Err(error)) = outcomes.get(1) {
+        Ok(Ok(outcomes)) if outcomes.iter().take(usize::from(roll_back) + usize::from(used)).all(Result::is_ok) => {
+            if restore.is_some()
+                && let Some(Err(error)) = outcomes.last()
+            {
                 debug!(connection = connection.id(), %error, "could not restore settings after the reset");
                 let startup = connection.startup_params().clone();
                 connection.set_settings(startup);
             }
-            true
+            connection.reusable()
         }
         outcome => {
             warn!(connection = connection.id(), ?outcome, "reset failed; closing the connection");

@@ -68,7 +68,7 @@ impl Connect for StandIn {
 }
 
 /// Answers each simple query with CommandComplete (or an error for one containing `fail`)
-/// and ReadyForQuery, inside a transaction after `BEGIN`.
+/// and ReadyForQuery, inside a transaction from `BEGIN` to `ROLLBACK`.
 async fn serve(mut pipe: DuplexStream, queries: Arc<AsyncMutex<Vec<String>>>) {
     let mut inbound = BytesMut::new();
     let mut status = TransactionStatus::Idle;
@@ -85,8 +85,10 @@ async fn serve(mut pipe: DuplexStream, queries: Arc<AsyncMutex<Vec<String>>>) {
                 messages::command_complete(&mut out, "OK");
             }
         }
-        if sql == "BEGIN" {
-            status = TransactionStatus::InTransaction;
+        match sql.as_str() {
+            "BEGIN" => status = TransactionStatus::InTransaction,
+            "ROLLBACK" => status = TransactionStatus::Idle,
+            _ => {}
         }
         messages::ready_for_query(&mut out, status);
         queries.lock().await.push(sql);
@@ -126,7 +128,11 @@ fn spawn_checkout(pool: &Arc<Pool>) -> tokio::task::JoinHandle<Result<Lease, Che
 /// Lets other tasks run until `condition` holds (a release resets in the background, a
 /// checkout joins the queue in its own task).
 async fn until(condition: impl Fn() -> bool) {
+    // Real time, whether or not the test pauses tokio's clock: a condition that never comes
+    // fails the test instead of spinning.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !condition() {
+        assert!(std::time::Instant::now() < deadline, "the awaited condition did not come within 10 s");
         tokio::task::yield_now().await;
     }
 }
@@ -153,11 +159,30 @@ async fn a_released_connection_is_reset_and_reused() {
 async fn a_dirty_release_closes_the_connection_and_frees_its_place() {
     let (pool, connector) = pool_with(StandIn::default(), settings(1));
     let mut lease = pool.checkout(&params(&[])).await.unwrap();
-    lease.connection().simple_query("BEGIN").await.unwrap().unwrap();
+    // The relay lost track of the stream (a protocol violation, say).
+    lease.connection().relay_parts().protocol.lost = true;
     lease.release(true);
     assert_eq!(pool.counts(), (0, 0));
     let _next = pool.checkout(&params(&[])).await.unwrap();
     assert_eq!(connector.logins.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_transaction_left_open_is_rolled_back_and_the_connection_reused() {
+    let (pool, connector) = pool_with(StandIn::default(), settings(1));
+    for release_as_is in [false, true] {
+        let mut lease = pool.checkout(&params(&[])).await.unwrap();
+        lease.connection().simple_query("BEGIN").await.unwrap().unwrap();
+        if release_as_is {
+            lease.release_as_is();
+        } else {
+            lease.release(true);
+        }
+        idle_count_reaches(&pool, 1).await;
+    }
+    assert_eq!(connector.logins.load(Ordering::SeqCst), 1);
+    let queries = connector.queries.lock().await.clone();
+    assert_eq!(queries, ["BEGIN", "ROLLBACK", "DISCARD ALL", "BEGIN", "ROLLBACK"], "as is: no reset");
 }
 
 #[tokio::test(start_paused = true)]

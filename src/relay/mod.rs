@@ -485,13 +485,6 @@ impl<H: Hook> Relay<H> {
         (self.to_upstream.forwarded, self.to_client.forwarded, self.counts.round_trips)
     }
 
-    /// [`Self::traffic`], counted afresh from now on.
-    pub fn take_traffic(&mut self) -> (u64, u64, u64) {
-        let traffic = self.traffic();
-        (self.to_upstream.forwarded, self.to_client.forwarded, self.counts.round_trips) = (0, 0, 0);
-        traffic
-    }
-
     /// Frees the buffers of a relay that is between attaches, so an idle client costs little.
     pub fn release_buffers(&mut self) {
         self.to_upstream.release_buffer();

@@ -444,6 +444,16 @@ impl ProtocolState {
         self.is_idle() && self.between_messages && !self.lost
     }
 
+    /// Whether the connection is inside a transaction block (open or failed) but otherwise as
+    /// [`Self::reusable`] asks: a ROLLBACK makes it reusable.
+    pub fn in_transaction_between_messages(&self) -> bool {
+        self.owed.is_empty()
+            && !self.unsynced
+            && self.transaction_status != TransactionStatus::Idle
+            && self.between_messages
+            && !self.lost
+    }
+
     /// A ReadyForQuery read outside the relay (the proxy's own queries) gives the status.
     pub(crate) fn set_transaction_status(&mut self, status: TransactionStatus) {
         self.transaction_status = status;

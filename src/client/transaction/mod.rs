@@ -62,77 +62,93 @@ pub(super) async fn serve(
     let mut relay = Relay::with_hook(TransactionHook::new(id, pool.clone(), request.params.clone()));
     let mut pending = early;
     let mut shutdown = ctx.shutdown.clone();
-    loop {
-        if lease.is_none() && pending.is_empty() {
-            entry.update(|info| {
-                info.state = "idle";
-                info.upstream_pid = None;
-            });
-            pending = tokio::select! {
-                read = client.read_some() => read.map_err(SessionError::ClientIo)?,
-                // An idle client holds nothing worth waiting for.
-                _ = shutdown.requested() => return Err(SessionError::ShuttingDown),
-            };
-            if pending.first().is_none_or(|&tag| tag == frontend::TERMINATE) {
-                return Ok(SessionEnd::ClientDone);
-            }
-            if pool.would_wait()
-                && let Some(answer) = answer_without_server(relay.hook(), &pending)
-            {
-                write_flush(client, &answer).await?;
-                pending.clear();
-                continue;
-            }
-        }
-        let mut lease = match lease.take() {
-            Some(lease) => lease,
-            // Boxed: an idle session's task then holds only what waiting needs.
-            None => {
-                let wanted = relay.hook().settings.wanted().clone();
-                Box::pin(checkout_with_notice(client, pool, &wanted, entry, &mut BytesMut::new())).await?
-            }
-        };
-        tell_changed_parameters(client, &mut lease, &mut view).await?;
-        relay.hook().names.attached();
-        let (end, stopping) = attach(client, &mut relay, &mut lease, key, &pending, ctx, entry).await?;
-        pending.clear();
-        relay.release_buffers();
-        let pinned = relay.hook().pinned();
-        match end {
-            RelayEnd::Idle if !stopping && pinned.is_none() => {
-                // What the client was told of the server's parameters, and the settings the
-                // server now carries, are the client's.
-                view.clone_from(&lease.connection().server_params().to_vec());
-                lease.connection().set_settings(relay.hook().settings.wanted().clone());
-                lease.release_as_is();
-            }
-            RelayEnd::Idle => {
-                lease.release(true);
-                return Err(SessionError::ShuttingDown);
-            }
-            RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => {
-                if pinned.is_some() {
-                    lease.release(true)
-                } else {
-                    lease.release_as_is()
+    let ended = async {
+        loop {
+            if lease.is_none() && pending.is_empty() {
+                entry.update(|info| {
+                    info.state = "idle";
+                    info.upstream_pid = None;
+                });
+                pending = tokio::select! {
+                    read = client.read_some() => read.map_err(SessionError::ClientIo)?,
+                    // An idle client holds nothing worth waiting for.
+                    _ = shutdown.requested() => return Err(SessionError::ShuttingDown),
+                };
+                if pending.first().is_none_or(|&tag| tag == frontend::TERMINATE) {
+                    return Ok(SessionEnd::ClientDone);
                 }
-                return Ok(SessionEnd::ClientDone);
+                if pool.would_wait()
+                    && let Some(answer) = answer_without_server(relay.hook(), &pending)
+                {
+                    write_flush(client, &answer).await?;
+                    pending.clear();
+                    continue;
+                }
             }
-            RelayEnd::UpstreamGone(error) => {
-                let explained = lease.connection().protocol().last_message_type() == backend::ERROR_RESPONSE;
-                lease.release(true);
-                return if explained { Ok(SessionEnd::UpstreamEnded) } else { Err(SessionError::UpstreamLost(error)) };
-            }
-            RelayEnd::ClientProtocolViolation(error) => {
-                lease.release(true);
-                return Err(SessionError::ClientProtocol(error));
-            }
-            RelayEnd::UpstreamProtocolViolation(error) => {
-                lease.release(true);
-                return Err(SessionError::UpstreamProtocol(error));
+            let mut lease = match lease.take() {
+                Some(lease) => lease,
+                // Boxed: an idle session's task then holds only what waiting needs.
+                None => {
+                    let wanted = relay.hook().settings.wanted().clone();
+                    Box::pin(checkout_with_notice(client, pool, &wanted, entry, &mut BytesMut::new())).await?
+                }
+            };
+            tell_changed_parameters(client, &mut lease, &mut view).await?;
+            relay.hook().names.attached();
+            let (end, stopping) = attach(client, &mut relay, &mut lease, key, &pending, ctx, entry).await?;
+            pending.clear();
+            relay.release_buffers();
+            let pinned = relay.hook().pinned();
+            match end {
+                RelayEnd::Idle if !stopping && pinned.is_none() => {
+                    // What the client was told of the server's parameters is what it reported.
+                    view.clone_from(&lease.connection().server_params().to_vec());
+                    release_shared(lease, relay.hook());
+                }
+                RelayEnd::Idle => {
+                    lease.release(true);
+                    return Err(SessionError::ShuttingDown);
+                }
+                RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => {
+                    if pinned.is_some() {
+                        lease.release(true)
+                    } else {
+                        release_shared(lease, relay.hook())
+                    }
+                    return Ok(SessionEnd::ClientDone);
+                }
+                RelayEnd::UpstreamGone(error) => {
+                    let explained = lease.connection().protocol().last_message_type() == backend::ERROR_RESPONSE;
+                    lease.release(true);
+                    return if explained {
+                        Ok(SessionEnd::UpstreamEnded)
+                    } else {
+                        Err(SessionError::UpstreamLost(error))
+                    };
+                }
+                RelayEnd::ClientProtocolViolation(error) => {
+                    lease.release(true);
+                    return Err(SessionError::ClientProtocol(error));
+                }
+                RelayEnd::UpstreamProtocolViolation(error) => {
+                    lease.release(true);
+                    return Err(SessionError::UpstreamProtocol(error));
+                }
             }
         }
     }
+    .await;
+    // Counted once per session, not per transaction.
+    let (to_upstream, to_client, round_trips) = relay.traffic();
+    metrics::session_traffic(&ctx.pools.upstream().label, to_upstream, to_client, round_trips);
+    ended
+}
+
+/// Gives back a connection that served an unpinned client: as it is, carrying the client's
+/// settings (which the next client with the same ones takes without a round trip).
+fn release_shared(mut lease: Lease, hook: &TransactionHook) {
+    lease.connection().set_settings(hook.settings.wanted().clone());
+    lease.release_as_is();
 }
 
 /// Answers a batch of nothing but Parse messages and its Sync (a driver preparing statements
@@ -217,8 +233,6 @@ async fn attach(
         metrics::client_pinned(&ctx.pools.upstream().label, reason.label());
         entry.update(|info| info.pinned = Some(reason.label()));
     }
-    let (to_upstream, to_client, round_trips) = relay.take_traffic();
-    metrics::session_traffic(&ctx.pools.upstream().label, to_upstream, to_client, round_trips);
     debug!(?end, "detached");
     Ok((end, stopping))
 }
