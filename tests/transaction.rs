@@ -1,0 +1,188 @@
+//! Differential tests of the pool modes: the same message sequences from several clients are
+//! sent straight to PostgreSQL (each client on its own backend, over the unix socket) and
+//! through the proxy binary, and every reply each client receives must be identical, message
+//! for message (errors without their source location, notifications without the sender's pid,
+//! ParameterStatus compared on their own). The scenarios, one or more per item of the
+//! transaction-pooling checklist, are in `transaction/scenarios.rs`; the harness that runs and
+//! compares them in `transaction/harness.rs`.
+//!
+//! - `differential_session_mode`: the proxy in session mode with room for every client, where
+//!   each client has a server of its own, exactly as directly.
+//! - `differential_transaction_pool_of_one` / `_of_two`: transaction mode, where the clients
+//!   share one (two) server connections.
+//!
+//! Every scenario runs even after one fails (the proxy is restarted after a failure so that
+//! one broken state does not spill into the next scenario); the test then fails listing each
+//! failing scenario with both sequences. `TXN_DIFF_ONLY=<text>` runs only the scenarios whose
+//! name contains the text; `TXN_DIFF_SHOW=1` prints every direct sequence.
+
+mod support;
+
+#[path = "transaction/harness.rs"]
+mod harness;
+#[path = "transaction/scenarios.rs"]
+mod scenarios;
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use harness::{Admin, Endpoint, Scenario};
+use scenarios::Ctx;
+use support::binary::ProxyProcess;
+use support::{APP_DB, PgServer, SCRAM_USER};
+
+/// How one test function runs the proxy, and the names its scenarios use.
+struct Mode {
+    /// For reports: what is being compared with PostgreSQL.
+    label: &'static str,
+    /// Schema (and name prefix) of this function's objects, distinct per function so the
+    /// functions can run at the same time.
+    schema: &'static str,
+    /// First of the advisory lock keys of this function.
+    lock_base: i64,
+    /// Proxy flags besides the target and the password file.
+    flags: &'static [&'static str],
+}
+
+/// A role the clients' role is a member of, for SET ROLE; created once per test process.
+const ROLE: &str = "diff_member_role";
+
+fn create_role_once(pg: &PgServer) {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        pg.superuser_sql(&format!(
+            "DO $$ BEGIN CREATE ROLE {ROLE} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;\n\
+             GRANT {ROLE} TO {SCRAM_USER};\n"
+        ));
+    });
+}
+
+fn spawn_proxy(pg: &PgServer, mode: &Mode) -> ProxyProcess {
+    let mut args = vec![
+        format!("postgresql://{SCRAM_USER}@localhost:{}/{APP_DB}?sslrootcert={}", pg.port(), pg.ca_path().display()),
+        format!("--password-file={}", pg.password_file().display()),
+    ];
+    args.extend(mode.flags.iter().map(|f| f.to_string()));
+    ProxyProcess::spawn(&args, &[])
+}
+
+/// Runs every scenario directly and through the proxy in `mode`; panics listing the ones whose
+/// replies differ (or that could not finish through the proxy).
+fn differential(mode: Mode) {
+    let pg = PgServer::shared();
+    create_role_once(pg);
+    let socket = harness::socket_path(pg.socket_dir(), pg.port());
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let ctx = Ctx { schema: mode.schema.to_string(), lock_base: mode.lock_base, role: ROLE.to_string() };
+    let only = std::env::var("TXN_DIFF_ONLY").ok();
+    let show = std::env::var_os("TXN_DIFF_SHOW").is_some();
+    let scenarios: Vec<Scenario> = scenarios::all(&ctx);
+    assert!(scenarios.len() >= 32, "the suite has {} scenarios", scenarios.len());
+    let scenarios: Vec<&Scenario> =
+        scenarios.iter().filter(|s| only.as_deref().is_none_or(|o| s.name.contains(o))).collect();
+
+    runtime.block_on(async {
+        let mut admin = Admin::connect(&socket).await.unwrap();
+        drop_schemas(&mut admin, mode.schema).await;
+        admin.sql(&format!("CREATE SCHEMA {}", mode.schema)).await.unwrap();
+    });
+
+    let started = Instant::now();
+    let mut proxy = spawn_proxy(pg, &mode);
+    let mut failures = Vec::new();
+    for scenario in &scenarios {
+        let t0 = Instant::now();
+        let log_start = proxy.log_text().len();
+        let direct = runtime.block_on(harness::run(scenario, &Endpoint::Direct(socket.clone()), &socket));
+        let direct = match direct {
+            Ok(direct) => direct,
+            Err(error) => {
+                // The scenario itself is wrong: PostgreSQL alone cannot run it.
+                failures.push(format!("[{}] directly: {error}", scenario.name));
+                continue;
+            }
+        };
+        if show {
+            for (c, transcript) in direct.iter().enumerate() {
+                let msgs: Vec<String> = transcript.msgs.iter().map(harness::show).collect();
+                eprintln!("[{}] client {c} directly: {}", scenario.name, msgs.join(", "));
+            }
+        }
+        let proxied = runtime.block_on(harness::run(scenario, &Endpoint::Proxy(proxy.port), &socket));
+        let problems = match proxied {
+            Ok(proxied) => harness::compare(&direct, &proxied),
+            Err(error) => vec![format!("could not finish: {error}")],
+        };
+        let verdict = if problems.is_empty() { "same" } else { "DIFFERENT" };
+        eprintln!("{verdict:>9}  {:>5} ms  {}", t0.elapsed().as_millis(), scenario.name);
+        if !problems.is_empty() {
+            let log = proxy.log_text();
+            let lines: Vec<&str> = log[log_start.min(log.len())..].lines().collect();
+            let log = lines[lines.len().saturating_sub(12)..].join("\n");
+            failures.push(format!(
+                "[{}] {}:\n{}\n  proxy log during the scenario (last lines):\n{log}",
+                scenario.name,
+                mode.label,
+                problems.join("\n")
+            ));
+            // A fresh proxy, so that whatever state broke stays with this scenario.
+            drop(proxy);
+            proxy = spawn_proxy(pg, &mode);
+        }
+    }
+    drop(proxy);
+    runtime.block_on(async {
+        let mut admin = Admin::connect(&socket).await.unwrap();
+        drop_schemas(&mut admin, mode.schema).await;
+    });
+    eprintln!("{}: {} scenarios in {:.1} s", mode.label, scenarios.len(), started.elapsed().as_secs_f64());
+    let names: Vec<String> = failures.iter().map(|f| f.lines().next().unwrap_or_default().to_string()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} scenarios differ from PostgreSQL through {}:\n  {}\n\n{}",
+        failures.len(),
+        scenarios.len(),
+        mode.label,
+        names.join("\n  "),
+        failures.join("\n\n")
+    );
+}
+
+/// Drops the schemas of a test function (its own and those its scenarios create beside it).
+async fn drop_schemas(admin: &mut Admin, schema: &str) {
+    let names =
+        admin.sql(&format!("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, '{schema}')")).await.unwrap();
+    for name in names.into_iter().flatten() {
+        admin.sql(&format!("DROP SCHEMA {name} CASCADE")).await.unwrap();
+    }
+}
+
+#[test]
+fn differential_session_mode() {
+    differential(Mode {
+        label: "the proxy in session mode (pool of 16)",
+        schema: "diff_session",
+        lock_base: 7_100_000,
+        flags: &["--max-pool-size=16"],
+    });
+}
+
+#[test]
+fn differential_transaction_pool_of_one() {
+    differential(Mode {
+        label: "the proxy in transaction mode with a pool of one",
+        schema: "diff_txn1",
+        lock_base: 7_200_000,
+        flags: &["--pool-mode=transaction", "--max-pool-size=1", "--max-prepared-statements=10"],
+    });
+}
+
+#[test]
+fn differential_transaction_pool_of_two() {
+    differential(Mode {
+        label: "the proxy in transaction mode with a pool of two",
+        schema: "diff_txn2",
+        lock_base: 7_300_000,
+        flags: &["--pool-mode=transaction", "--max-pool-size=2", "--max-prepared-statements=10"],
+    });
+}
