@@ -9,7 +9,7 @@ use clap::{CommandFactory, Parser, ValueEnum};
 
 use crate::config::{ClientTls, Config, PasswordSource, PoolSettings};
 use crate::databricks::WorkspaceFlags;
-use crate::target::{TargetError, TargetSpec};
+use crate::target::{PoolMode, TargetError, TargetSpec};
 
 /// A local PostgreSQL endpoint for clients without passwords: lakebase-proxy logs in upstream
 /// over verified TLS with a password it keeps fresh, and pools the connections.
@@ -133,6 +133,15 @@ pub struct ProxyArgs {
     #[arg(long, env = "LAKEBASE_PROXY_LAZY_ATTACH")]
     pub lazy_attach: bool,
 
+    /// When a client gives its server connection back: at the end of its session, or of each
+    /// transaction (many clients then share few server connections; see the README).
+    #[arg(long, env = "LAKEBASE_PROXY_POOL_MODE", value_enum, default_value_t = PoolMode::Session)]
+    pub pool_mode: PoolMode,
+
+    /// In transaction mode, most prepared statements kept on each server connection.
+    #[arg(long, env = "LAKEBASE_PROXY_MAX_PREPARED_STATEMENTS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_prepared_statements: u32,
+
     /// Warm connections kept open for the target's own role and database.
     #[arg(long, env = "LAKEBASE_PROXY_MIN_IDLE", default_value_t = 0)]
     pub min_idle: usize,
@@ -243,6 +252,8 @@ impl ProxyArgs {
             client_tls,
             lazy_attach: self.lazy_attach,
             pool: PoolSettings {
+                mode: self.pool_mode,
+                max_prepared_statements: self.max_prepared_statements as usize,
                 min_idle: self.min_idle,
                 max_size: self.max_pool_size as usize,
                 idle_timeout: self.idle_timeout,

@@ -5,11 +5,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::databricks::WorkspaceFlags;
-use crate::target::{PoolOverrides, TargetSpec};
+use crate::target::{PoolMode, PoolOverrides, TargetSpec};
 
 /// Pool limits and lifetimes, shared by all pools of a target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolSettings {
+    /// When clients give their server connections back.
+    pub mode: PoolMode,
+    /// Most protocol-level prepared statements each server connection keeps in transaction
+    /// mode; the least recently used is closed to make room.
+    pub max_prepared_statements: usize,
     /// Connections opened ahead of demand for the target's default database and role.
     pub min_idle: usize,
     /// Most connections (busy and idle) per pool.
@@ -26,6 +31,8 @@ pub struct PoolSettings {
 impl Default for PoolSettings {
     fn default() -> Self {
         PoolSettings {
+            mode: PoolMode::Session,
+            max_prepared_statements: 200,
             min_idle: 0,
             max_size: 20,
             idle_timeout: Duration::from_secs(600),
@@ -46,6 +53,8 @@ impl PoolSettings {
     /// These settings with a target's own overrides applied.
     pub fn overridden_by(&self, overrides: &PoolOverrides) -> PoolSettings {
         PoolSettings {
+            mode: overrides.mode.unwrap_or(self.mode),
+            max_prepared_statements: self.max_prepared_statements,
             min_idle: overrides.min_idle.unwrap_or(self.min_idle),
             max_size: overrides.max_size.unwrap_or(self.max_size),
             idle_timeout: overrides.idle_timeout.unwrap_or(self.idle_timeout),
@@ -184,6 +193,8 @@ impl Config {
             ("ca_file".into(), optional(self.ca_file.as_ref().map(|p| p.display().to_string()))),
             ("client_tls".into(), optional(self.client_tls.as_ref().map(|t| t.cert.display().to_string()))),
             ("lazy_attach".into(), self.lazy_attach.to_string()),
+            ("pool_mode".into(), self.pool.mode.name().into()),
+            ("max_prepared_statements".into(), self.pool.max_prepared_statements.to_string()),
             ("min_idle".into(), self.pool.min_idle.to_string()),
             ("max_pool_size".into(), self.pool.max_size.to_string()),
             ("idle_timeout".into(), duration(self.pool.idle_timeout)),
@@ -223,9 +234,10 @@ mod tests {
 
     #[test]
     fn targets_override_the_global_pool_settings() {
-        let target: crate::target::Target = "postgresql://h/db?max-pool-size=5&idle-timeout=90s".parse().unwrap();
+        let target: crate::target::Target = "postgresql://h/db?max-pool-size=5&idle-timeout=90s&pool-mode=transaction".parse().unwrap();
         let settings = PoolSettings::default().overridden_by(&target.pool);
         assert_eq!((settings.max_size, settings.idle_timeout), (5, Duration::from_secs(90)));
+        assert_eq!(settings.mode, PoolMode::Transaction);
         assert_eq!(settings.max_lifetime, PoolSettings::default().max_lifetime);
     }
 }

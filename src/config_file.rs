@@ -18,6 +18,7 @@ const TARGET_KEYS: &[(&str, &str)] = &[
     ("user", "user"),
     ("read_only", "read-only"),
     ("sslrootcert", "sslrootcert"),
+    ("pool_mode", "pool-mode"),
     ("min_idle", "min-idle"),
     ("max_pool_size", "max-pool-size"),
     ("idle_timeout", "idle-timeout"),
@@ -193,18 +194,20 @@ mod tests {
     #[test]
     fn keys_become_options_and_targets_become_urls() {
         let args = load_text(
-            "max_pool_size = 7\nidle_timeout = \"5m\"\nlazy_attach = true\nport = 6000\n\n\
-             [[target]]\nname = \"projects/app\"\nread_only = true\nport = 7000\nmax_pool_size = 3\n\n\
+            "max_pool_size = 7\nidle_timeout = \"5m\"\nlazy_attach = true\nport = 6000\npool_mode = \"transaction\"\n\n\
+             [[target]]\nname = \"projects/app\"\nread_only = true\nport = 7000\nmax_pool_size = 3\npool_mode = \"session\"\n\n\
              [[target]]\nname = \"postgresql://u@h/db\"\n",
         )
         .unwrap();
         let options: Vec<String> = args.options.iter().map(|o| o.to_string_lossy().into_owned()).collect();
         assert!(
-            options.contains(&"--max-pool-size=7".to_owned()) && options.contains(&"--lazy-attach".to_owned()),
+            options.contains(&"--max-pool-size=7".to_owned())
+                && options.contains(&"--lazy-attach".to_owned())
+                && options.contains(&"--pool-mode=transaction".to_owned()),
             "{options:?}"
         );
         assert!(!options.iter().any(|o| o.starts_with("--port")), "the environment sets the port");
-        assert_eq!(args.targets[0], "projects/app?max-pool-size=3&port=7000&read-only=true");
+        assert_eq!(args.targets[0], "projects/app?max-pool-size=3&pool-mode=session&port=7000&read-only=true");
         assert_eq!(args.targets[1], "postgresql://u@h/db");
     }
 

@@ -112,10 +112,45 @@ impl FromStr for TargetSpec {
     }
 }
 
-/// Pool settings a target may set for itself (`min-idle=`, `max-pool-size=`,
+/// When a client gives its server connection back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PoolMode {
+    /// At the end of the client's session: the client has a server connection to itself.
+    #[default]
+    Session,
+    /// At the end of each transaction (or statement outside one): many clients share few
+    /// server connections, and session state is carried or pins the client.
+    Transaction,
+}
+
+impl PoolMode {
+    /// The mode's name, as the flag takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        }
+    }
+}
+
+impl std::str::FromStr for PoolMode {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<PoolMode, String> {
+        match value {
+            "session" => Ok(PoolMode::Session),
+            "transaction" => Ok(PoolMode::Transaction),
+            other => Err(format!("pool mode {other:?} is neither session nor transaction")),
+        }
+    }
+}
+
+/// Pool settings a target may set for itself (`pool-mode=`, `min-idle=`, `max-pool-size=`,
 /// `idle-timeout=`, `max-lifetime=`), over the global ones.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PoolOverrides {
+    /// `pool-mode=`.
+    pub mode: Option<PoolMode>,
     /// `min-idle=`.
     pub min_idle: Option<usize>,
     /// `max-pool-size=`.
@@ -141,6 +176,7 @@ fn common_parameter(
         "connect-to" => {
             *connect_to = Some(parse_host_port(value).ok_or_else(|| format!("connect-to={value} is not HOST:PORT"))?)
         }
+        "pool-mode" => pool.mode = Some(value.parse()?),
         "min-idle" => pool.min_idle = Some(count(key)?),
         "max-pool-size" => pool.max_size = Some(count(key)?.max(1)),
         "idle-timeout" => pool.idle_timeout = Some(duration(key)?),
@@ -151,7 +187,7 @@ fn common_parameter(
 }
 
 /// Listed in errors about unknown parameters.
-const COMMON_PARAMETERS: &str = "port, connect-to, min-idle, max-pool-size, idle-timeout, max-lifetime";
+const COMMON_PARAMETERS: &str = "port, connect-to, pool-mode, min-idle, max-pool-size, idle-timeout, max-lifetime";
 
 /// Default PostgreSQL port.
 pub const DEFAULT_PORT: u16 = 5432;
