@@ -234,7 +234,8 @@ mod tests {
 
     #[test]
     fn targets_override_the_global_pool_settings() {
-        let target: crate::target::Target = "postgresql://h/db?max-pool-size=5&idle-timeout=90s&pool-mode=transaction".parse().unwrap();
+        let target: crate::target::Target =
+            "postgresql://h/db?max-pool-size=5&idle-timeout=90s&pool-mode=transaction".parse().unwrap();
         let settings = PoolSettings::default().overridden_by(&target.pool);
         assert_eq!((settings.max_size, settings.idle_timeout), (5, Duration::from_secs(90)));
         assert_eq!(settings.mode, PoolMode::Transaction);

@@ -23,15 +23,18 @@ mod harness;
 #[path = "transaction/scenarios.rs"]
 mod scenarios;
 
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use harness::{Admin, Endpoint, Scenario};
 use scenarios::Ctx;
 use support::binary::ProxyProcess;
 use support::{APP_DB, PgServer, SCRAM_USER};
 
-/// How one test function runs the proxy, and the names its scenarios use.
+/// How one test function runs the pooler, and the names its scenarios use.
 struct Mode {
     /// For reports: what is being compared with PostgreSQL.
     label: &'static str,
@@ -40,8 +43,129 @@ struct Mode {
     schema: &'static str,
     /// First of the advisory lock keys of this function.
     lock_base: i64,
-    /// Proxy flags besides the target and the password file.
-    flags: &'static [&'static str],
+    /// What the clients connect to.
+    pooler: Pooler,
+}
+
+/// The pooler under test.
+enum Pooler {
+    /// lakebase-proxy with these flags besides the target and the password file.
+    Proxy(&'static [&'static str]),
+    /// A PgBouncer binary in transaction mode with this many server connections: the
+    /// reference the checklist was measured against, to see what the suite tells apart.
+    PgBouncer(PathBuf, usize),
+}
+
+/// A running pooler: the port clients connect to, and its log.
+enum Running {
+    Proxy(ProxyProcess),
+    PgBouncer(PgBouncerProcess),
+}
+
+impl Running {
+    fn start(pg: &PgServer, pooler: &Pooler) -> Running {
+        match pooler {
+            Pooler::Proxy(flags) => {
+                let mut args = vec![
+                    format!(
+                        "postgresql://{SCRAM_USER}@localhost:{}/{APP_DB}?sslrootcert={}",
+                        pg.port(),
+                        pg.ca_path().display()
+                    ),
+                    format!("--password-file={}", pg.password_file().display()),
+                ];
+                args.extend(flags.iter().map(|f| f.to_string()));
+                Running::Proxy(ProxyProcess::spawn(&args, &[]))
+            }
+            Pooler::PgBouncer(binary, size) => Running::PgBouncer(PgBouncerProcess::spawn(binary, pg, *size)),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        match self {
+            Running::Proxy(proxy) => proxy.port,
+            Running::PgBouncer(bouncer) => bouncer.port,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        match self {
+            Running::Proxy(proxy) => proxy.log_text(),
+            Running::PgBouncer(bouncer) => std::fs::read_to_string(bouncer.dir.path().join("log")).unwrap_or_default(),
+        }
+    }
+}
+
+/// PgBouncer in transaction mode in front of the shared server's unix socket, killed (by PID)
+/// when dropped.
+struct PgBouncerProcess {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PgBouncerProcess {
+    fn spawn(binary: &Path, pg: &PgServer, pool_size: usize) -> PgBouncerProcess {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let port = test_support::net::free_port();
+        // Clients may name any user (`any`): every server login is scram_user's, over the
+        // unix socket that trusts it. extra_float_digits is a startup parameter PgBouncer
+        // would otherwise refuse (ST1 sends it).
+        let config = format!(
+            "[databases]\n{APP_DB} = host={} port={} dbname={APP_DB} user={SCRAM_USER}\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = any\npool_mode = transaction\ndefault_pool_size = {pool_size}\n\
+             max_prepared_statements = 10\nignore_startup_parameters = extra_float_digits\nlogfile = {}\n",
+            pg.socket_dir().display(),
+            pg.port(),
+            dir.path().join("log").display()
+        );
+        let config_path = dir.path().join("pgbouncer.ini");
+        std::fs::write(&config_path, config).unwrap();
+        // Its own log file (stderr would be block-buffered and lost when it is killed),
+        // writable by whoever it runs as.
+        let log = dir.path().join("log");
+        std::fs::write(&log, "").unwrap();
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
+        // PgBouncer refuses to run as root; setpriv execs it as postgres without staying in
+        // between, so killing the child kills PgBouncer itself.
+        let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let mut command = if root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]).arg(binary);
+            c
+        } else {
+            Command::new(binary)
+        };
+        let child = command
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pgbouncer");
+        let bouncer = PgBouncerProcess { child, port, dir };
+        test_support::wait::until(
+            Duration::from_secs(10),
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            || {
+                format!(
+                    "pgbouncer did not listen: {}",
+                    std::fs::read_to_string(bouncer.dir.path().join("log")).unwrap_or_default()
+                )
+            },
+        );
+        bouncer
+    }
+}
+
+impl Drop for PgBouncerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A role the clients' role is a member of, for SET ROLE; created once per test process.
@@ -55,15 +179,6 @@ fn create_role_once(pg: &PgServer) {
              GRANT {ROLE} TO {SCRAM_USER};\n"
         ));
     });
-}
-
-fn spawn_proxy(pg: &PgServer, mode: &Mode) -> ProxyProcess {
-    let mut args = vec![
-        format!("postgresql://{SCRAM_USER}@localhost:{}/{APP_DB}?sslrootcert={}", pg.port(), pg.ca_path().display()),
-        format!("--password-file={}", pg.password_file().display()),
-    ];
-    args.extend(mode.flags.iter().map(|f| f.to_string()));
-    ProxyProcess::spawn(&args, &[])
 }
 
 /// Runs every scenario directly and through the proxy in `mode`; panics listing the ones whose
@@ -88,11 +203,11 @@ fn differential(mode: Mode) {
     });
 
     let started = Instant::now();
-    let mut proxy = spawn_proxy(pg, &mode);
+    let mut pooler = Running::start(pg, &mode.pooler);
     let mut failures = Vec::new();
     for scenario in &scenarios {
         let t0 = Instant::now();
-        let log_start = proxy.log_text().len();
+        let log_start = pooler.log_text().len();
         let direct = runtime.block_on(harness::run(scenario, &Endpoint::Direct(socket.clone()), &socket));
         let direct = match direct {
             Ok(direct) => direct,
@@ -108,7 +223,7 @@ fn differential(mode: Mode) {
                 eprintln!("[{}] client {c} directly: {}", scenario.name, msgs.join(", "));
             }
         }
-        let proxied = runtime.block_on(harness::run(scenario, &Endpoint::Proxy(proxy.port), &socket));
+        let proxied = runtime.block_on(harness::run(scenario, &Endpoint::Proxy(pooler.port()), &socket));
         let problems = match proxied {
             Ok(proxied) => harness::compare(&direct, &proxied),
             Err(error) => vec![format!("could not finish: {error}")],
@@ -116,21 +231,21 @@ fn differential(mode: Mode) {
         let verdict = if problems.is_empty() { "same" } else { "DIFFERENT" };
         eprintln!("{verdict:>9}  {:>5} ms  {}", t0.elapsed().as_millis(), scenario.name);
         if !problems.is_empty() {
-            let log = proxy.log_text();
+            let log = pooler.log_text();
             let lines: Vec<&str> = log[log_start.min(log.len())..].lines().collect();
             let log = lines[lines.len().saturating_sub(12)..].join("\n");
             failures.push(format!(
-                "[{}] {}:\n{}\n  proxy log during the scenario (last lines):\n{log}",
+                "[{}] {}:\n{}\n  the pooler's log during the scenario (last lines):\n{log}",
                 scenario.name,
                 mode.label,
                 problems.join("\n")
             ));
-            // A fresh proxy, so that whatever state broke stays with this scenario.
-            drop(proxy);
-            proxy = spawn_proxy(pg, &mode);
+            // A fresh pooler, so that whatever state broke stays with this scenario.
+            drop(pooler);
+            pooler = Running::start(pg, &mode.pooler);
         }
     }
-    drop(proxy);
+    drop(pooler);
     runtime.block_on(async {
         let mut admin = Admin::connect(&socket).await.unwrap();
         drop_schemas(&mut admin, mode.schema).await;
@@ -163,7 +278,7 @@ fn differential_session_mode() {
         label: "the proxy in session mode (pool of 16)",
         schema: "diff_session",
         lock_base: 7_100_000,
-        flags: &["--max-pool-size=16"],
+        pooler: Pooler::Proxy(&["--max-pool-size=16"]),
     });
 }
 
@@ -173,7 +288,7 @@ fn differential_transaction_pool_of_one() {
         label: "the proxy in transaction mode with a pool of one",
         schema: "diff_txn1",
         lock_base: 7_200_000,
-        flags: &["--pool-mode=transaction", "--max-pool-size=1", "--max-prepared-statements=10"],
+        pooler: Pooler::Proxy(&["--pool-mode=transaction", "--max-pool-size=1", "--max-prepared-statements=10"]),
     });
 }
 
@@ -183,6 +298,21 @@ fn differential_transaction_pool_of_two() {
         label: "the proxy in transaction mode with a pool of two",
         schema: "diff_txn2",
         lock_base: 7_300_000,
-        flags: &["--pool-mode=transaction", "--max-pool-size=2", "--max-prepared-statements=10"],
+        pooler: Pooler::Proxy(&["--pool-mode=transaction", "--max-pool-size=2", "--max-prepared-statements=10"]),
+    });
+}
+
+/// The suite against PgBouncer (1.21+, for its prepared statements) in transaction mode with two
+/// server connections, to compare: `PGBOUNCER=/path/to/pgbouncer cargo test --test transaction
+/// -- --ignored pgbouncer` (`shared/third-party/build-pgbouncer.sh` builds one).
+#[test]
+#[ignore = "compares PgBouncer, not the proxy: needs PGBOUNCER=/path/to/pgbouncer"]
+fn differential_pgbouncer_pool_of_two() {
+    let binary = std::env::var_os("PGBOUNCER").expect("PGBOUNCER=/path/to/pgbouncer");
+    differential(Mode {
+        label: "PgBouncer in transaction mode with a pool of two",
+        schema: "diff_pgbouncer",
+        lock_base: 7_400_000,
+        pooler: Pooler::PgBouncer(PathBuf::from(binary), 2),
     });
 }
