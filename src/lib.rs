@@ -3,12 +3,12 @@
 //!
 //! Layers, from the wire up, each using only those before it (`scripts/check-layers.py`
 //! enforces it): [`protocol`] (framing, the named codes, the few messages the proxy reads or
-//! writes), [`tls`] and [`metrics`]; [`credentials`] (password sources and their cache) and
-//! [`databricks`]; [`target`] and [`config`]; [`upstream`] (connect, TLS, login, the server
-//! connection and what it owes, behind the [`upstream::Connect`] trait); [`pool`]; [`relay`]
-//! (moving messages both ways); [`client`] (listeners, handshake, the session's phases) and
-//! [`cancel`]; [`ops`]; [`proxy`] wires a [`config::Config`] (built by [`cli`]) into running
-//! listeners.
+//! writes), [`sql`] (what a statement does to session state), [`tls`] and [`metrics`];
+//! [`credentials`] (password sources and their cache) and [`databricks`]; [`target`] and
+//! [`config`]; [`upstream`] (connect, TLS, login, the server connection and what it owes,
+//! behind the [`upstream::Connect`] trait); [`pool`]; [`relay`] (moving messages both ways);
+//! [`client`] (listeners, handshake, the session's phases) and [`cancel`]; [`ops`];
+//! [`proxy`] wires a [`config::Config`] (built by [`cli`]) into running listeners.
 
 #![warn(missing_docs)]
 
@@ -29,6 +29,7 @@ pub mod proxy;
 pub mod relay;
 pub mod resolve;
 pub mod shutdown;
+pub mod sql;
 pub mod target;
 pub mod tls;
 pub mod upstream;

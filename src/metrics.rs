@@ -125,3 +125,27 @@ pub fn credential_times(source: &str, age: Option<f64>, expires_in: Option<f64>)
         gauge!("lakebase_proxy_credential_expiry_seconds", "source" => source.to_owned()).set(left);
     }
 }
+
+/// Counters of one client's use of its pool's prepared statements in transaction mode, made
+/// once per client so that counting a statement use on the message path costs an atomic add.
+pub struct StatementCache {
+    /// A statement the server had: no Parse sent.
+    pub hit: metrics::Counter,
+    /// A statement the server lacked: prepared first.
+    pub miss: metrics::Counter,
+    /// A statement closed to keep a server under `--max-prepared-statements`.
+    pub eviction: metrics::Counter,
+}
+
+impl StatementCache {
+    /// The counters for clients of `target`.
+    pub fn new(target: &str) -> StatementCache {
+        let counter = |result: &'static str| counter!("lakebase_proxy_prepared_statements_total", "target" => target.to_owned(), "result" => result);
+        StatementCache { hit: counter("hit"), miss: counter("miss"), eviction: counter("eviction") }
+    }
+}
+
+/// A transaction-mode client was pinned to its server connection, for `reason`.
+pub fn client_pinned(target: &str, reason: &'static str) {
+    counter!("lakebase_proxy_pinned_clients_total", "target" => target.to_owned(), "reason" => reason).increment(1);
+}

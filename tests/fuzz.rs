@@ -25,7 +25,7 @@ use lakebase_proxy::protocol::messages::{ErrorFields, Severity};
 use lakebase_proxy::protocol::startup::{
     self, CancelKey, MAX_STARTUP_PACKET, PROTOCOL_3_0, StartupError, StartupRequest,
 };
-use lakebase_proxy::relay::{Hook, Insert, Relay, RelayEnd};
+use lakebase_proxy::relay::{Decision, Hook, Insert, Relay, RelayEnd};
 use lakebase_proxy::upstream::ServerConnection;
 use lakebase_proxy::upstream::{PreparedStatements, ProtocolState};
 use proptest::collection::vec;
@@ -876,14 +876,16 @@ impl Hook for PrepareOnBind {
         tag == b'B'
     }
 
-    fn before(&mut self, _tag: u8, body: &[u8], insert: &mut Insert<'_>) {
+    fn before(&mut self, _tag: u8, body: &[u8], _len: usize, insert: &mut Insert<'_>) -> Decision {
         let name = String::from_utf8_lossy(body.split(|&b| b == 0).nth(1).unwrap_or_default()).into_owned();
+        // Statement number i is prepared as statement id i.
         if let Some(i) = STATEMENTS.iter().skip(1).position(|&s| s == name)
-            && !insert.prepared().contains(&name)
+            && !insert.prepared().contains(i as u64 + 1)
         {
             let parse = Request::Prepare(i + 1).encode();
-            insert.message(parse[0], &parse[5..]);
+            insert.message(parse[0], &parse[5..], Some(i as u64 + 1));
         }
+        Decision::Forward
     }
 }
 
@@ -1003,7 +1005,7 @@ proptest! {
         prop_assert_eq!(run.at_client, modelled.to_client);
         prop_assert!(run.server.owes_nothing() && run.server.reusable(), "state {:?}", run.server);
         for (i, name) in STATEMENTS.iter().enumerate().skip(1) {
-            prop_assert_eq!(run.prepared.contains(name), modelled.prepared.contains(&i), "statement {}", name);
+            prop_assert_eq!(run.prepared.contains(i as u64), modelled.prepared.contains(&i), "statement {}", name);
         }
     }
 }

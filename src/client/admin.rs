@@ -177,7 +177,18 @@ fn show(what: &str, view: &ProxyView) -> Option<Table> {
                 .collect(),
         ),
         "CLIENTS" => (
-            vec!["id", "peer", "target", "user", "database", "state", "upstream_pid", "connected_at", "age_s"],
+            vec![
+                "id",
+                "peer",
+                "target",
+                "user",
+                "database",
+                "state",
+                "upstream_pid",
+                "pinned",
+                "connected_at",
+                "age_s",
+            ],
             view.clients
                 .snapshot()
                 .into_iter()
@@ -190,6 +201,7 @@ fn show(what: &str, view: &ProxyView) -> Option<Table> {
                         text(c.database),
                         text(c.state.to_owned()),
                         c.upstream_pid.map(|p| p.to_string()),
+                        c.pinned.map(str::to_owned),
                         text(timestamp(c.connected_at)),
                         seconds(SystemTime::now().duration_since(c.connected_at).unwrap_or_default()),
                     ]

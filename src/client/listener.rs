@@ -15,7 +15,8 @@ use crate::protocol::messages::{ErrorFields, Severity};
 use crate::protocol::sqlstate;
 use crate::shutdown::Shutdown;
 
-use super::session::{TargetContext, serve};
+use super::phases::TargetContext;
+use super::session::serve;
 use super::stream::{ClientStream, Peer};
 
 /// A bound listening socket.

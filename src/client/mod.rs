@@ -5,12 +5,14 @@ mod admin;
 mod error;
 mod handshake;
 mod listener;
+mod phases;
 mod request;
 mod session;
 mod stream;
+mod transaction;
 
 pub use error::{SessionEnd, SessionError};
 pub use handshake::HandshakeError;
 pub use listener::Listener;
-pub use session::TargetContext;
+pub use phases::TargetContext;
 pub use stream::{ClientStream, Peer};

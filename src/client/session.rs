@@ -4,59 +4,31 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::BytesMut;
-use rand::Rng;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, debug, info, info_span};
 
 use super::admin;
 use super::error::{SessionEnd, SessionError};
 use super::handshake::{Handshake, negotiate};
-use super::request::{SessionRequest, canonical_setting, write_ready};
+use super::phases::{TargetContext, checkout_with_notice, greet_from_cache, write_flush};
+use super::request::{SessionRequest, write_ready};
+use super::transaction;
 use super::{ClientStream, Peer};
-use crate::cancel::{CancelRegistry, CancelRoute};
+use crate::cancel::CancelRoute;
 use crate::error::UserFacing;
 use crate::metrics;
-use crate::ops::view::{ClientEntry, ClientInfo, ClientRegistry, ProxyView};
-use crate::pool::{Lease, Pool, Pools};
-use crate::protocol::messages::{self, ErrorFields, Severity};
-use crate::protocol::sqlstate;
+use crate::ops::view::{ClientEntry, ClientInfo};
+use crate::pool::{Lease, Pool};
+use crate::protocol::messages;
 use crate::protocol::{CancelKey, backend, frontend};
 use crate::relay::{Relay, RelayEnd};
-use crate::shutdown::Shutdown;
-use crate::target::Target;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::task::TaskTracker;
+use crate::target::PoolMode;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
-
-/// What sessions of one target share.
-pub struct TargetContext {
-    /// The target.
-    pub target: Target,
-    /// Its pools.
-    pub pools: Arc<Pools>,
-    /// Cancel routing, shared by all targets.
-    pub cancels: Arc<CancelRegistry>,
-    /// TLS toward clients, when configured.
-    pub client_tls: Option<Arc<rustls::ServerConfig>>,
-    /// Greet clients before attaching an upstream.
-    pub lazy_attach: bool,
-    /// Limit for the handshake.
-    pub startup_timeout: Duration,
-    /// Tells sessions when the proxy is stopping.
-    pub shutdown: Shutdown,
-    /// Every session task, so shutdown can wait for them.
-    pub sessions: TaskTracker,
-    /// `--max-client-connections`, shared by every listener.
-    pub client_slots: Arc<Semaphore>,
-    /// Connected clients, for the admin console.
-    pub clients: Arc<ClientRegistry>,
-    /// The whole proxy, for the admin console.
-    pub view: Arc<ProxyView>,
-}
 
 /// Serves one client connection to completion.
 /// `_slot` is the session's place under `--max-client-connections`, held until it ends.
@@ -74,10 +46,11 @@ pub async fn serve(mut client: ClientStream, peer: Peer, ctx: Arc<TargetContext>
                 database: String::new(),
                 state: "startup",
                 upstream_pid: None,
+                pinned: None,
                 connected_at: SystemTime::now(),
             },
         );
-        match run(&mut client, &peer, &ctx, &entry).await {
+        match run(&mut client, id, &peer, &ctx, &entry).await {
             Ok(SessionEnd::NoStartup) => debug!("closed before a startup message"),
             Ok(end) => info!(?end, "session ended"),
             Err(error) => {
@@ -102,6 +75,7 @@ pub async fn serve(mut client: ClientStream, peer: Peer, ctx: Arc<TargetContext>
 
 async fn run(
     client: &mut ClientStream,
+    id: u64,
     peer: &Peer,
     ctx: &TargetContext,
     entry: &ClientEntry,
@@ -133,6 +107,9 @@ async fn run(
         info.database = request.key.database.clone();
     });
     let pool = ctx.pools.get(&request.key);
+    if pool.upstream().settings().mode == PoolMode::Transaction {
+        return Box::pin(transaction::serve(client, id, &request, early, &pool, ctx, entry)).await;
+    }
     match (ctx.lazy_attach, pool.greeting()) {
         (true, Some(greeting)) => lazy_session(client, &request, early, &pool, &greeting, ctx, entry).await,
         // The first client of a pool in lazy mode attaches at once: its login teaches the
@@ -174,19 +151,7 @@ async fn lazy_session(
     ctx: &TargetContext,
     entry: &ClientEntry,
 ) -> Result<SessionEnd, SessionError> {
-    let key = CancelKey { pid: rand::rng().random_range(1..i32::MAX), secret: rand::rng().random() };
-    // The values the client asked for, as the server will report them once they are SET.
-    let greeted: Vec<(String, String)> = greeting_params
-        .iter()
-        .map(|(name, value)| {
-            let asked = request.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v);
-            (name.clone(), asked.map(|v| canonical_setting(name, v)).unwrap_or_else(|| value.clone()))
-        })
-        .collect();
-    let mut greeting = BytesMut::new();
-    request.write_authentication(&mut greeting);
-    write_ready(&mut greeting, greeted.iter().map(|(n, v)| (n.as_str(), v.as_str())), key);
-    write_flush(client, &greeting).await?;
+    let (key, greeted) = greet_from_cache(client, request, greeting_params, true).await?;
     entry.update(|info| info.state = "idle");
     let mut shutdown = ctx.shutdown.clone();
     let first = if !early.is_empty() {
@@ -264,40 +229,4 @@ async fn attach(
         RelayEnd::ClientProtocolViolation(error) => Err(SessionError::ClientProtocol(error)),
         RelayEnd::UpstreamProtocolViolation(error) => Err(SessionError::UpstreamProtocol(error)),
     }
-}
-
-async fn write_flush(client: &mut ClientStream, bytes: &[u8]) -> Result<(), SessionError> {
-    client.write_all(bytes).await.map_err(SessionError::ClientIo)?;
-    client.flush().await.map_err(SessionError::ClientIo)
-}
-
-/// A checkout slower than this earns the client a notice saying why it waits.
-const NOTICE_AFTER: Duration = Duration::from_secs(1);
-
-/// Checks out a connection; if that takes a while (a compute waking up, a full pool), tells
-/// the client once with a NoticeResponse rather than leave it wondering. `owed` holds what the
-/// client is to receive before any notice; it is sent (and cleared) only if a notice is due.
-async fn checkout_with_notice(
-    client: &mut ClientStream,
-    pool: &Arc<Pool>,
-    request: &SessionRequest,
-    entry: &ClientEntry,
-    owed: &mut BytesMut,
-) -> Result<Lease, SessionError> {
-    entry.update(|info| info.state = "waiting");
-    let _waiting = metrics::WaitingClient::new(&pool.upstream().label);
-    let checkout = pool.checkout(&request.params);
-    tokio::pin!(checkout);
-    if let Ok(result) = tokio::time::timeout(NOTICE_AFTER, &mut checkout).await {
-        return Ok(result?);
-    }
-    let mut notice = std::mem::take(owed);
-    ErrorFields::new(
-        Severity::Notice,
-        sqlstate::SUCCESSFUL_COMPLETION,
-        "lakebase-proxy: still connecting to the database (it may be waking up from scale-to-zero, or the pool is busy)",
-    )
-    .write_notice(&mut notice);
-    write_flush(client, &notice).await?;
-    Ok(checkout.await?)
 }

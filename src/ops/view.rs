@@ -109,6 +109,8 @@ pub struct ClientInfo {
     pub state: &'static str,
     /// Backend pid of the attached upstream connection.
     pub upstream_pid: Option<i32>,
+    /// In transaction mode, why the client keeps its server connection, once it must.
+    pub pinned: Option<&'static str>,
     /// When it connected.
     pub connected_at: SystemTime,
 }

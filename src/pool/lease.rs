@@ -40,21 +40,40 @@ impl Lease {
     /// pool; otherwise it is closed. `used` says whether the client sent anything (an
     /// untouched connection needs no reset).
     pub fn release(self, used: bool) {
-        let Lease { mut connection, deadline, slot } = self;
-        let reusable = connection.reusable();
-        let label = slot.pool().upstream.label.clone();
-        if !reusable || Instant::now() >= deadline {
-            debug!(connection = connection.id(), reusable, "closing upstream connection at release");
-            metrics::upstream_retired(&label, if reusable { "lifetime" } else { "dirty" });
+        let Some((mut connection, deadline, slot)) = self.retire_unless_reusable() else { return };
+        if !used {
+            slot.into_idle(Idle { connection, deadline, idle_since: Instant::now() });
             return;
         }
         tokio::spawn(async move {
-            if used && !reset(&mut connection).await {
-                metrics::upstream_retired(&label, "dirty");
+            if !reset(&mut connection).await {
+                metrics::upstream_retired(&slot.pool().upstream.label, "dirty");
                 return;
             }
             slot.into_idle(Idle { connection, deadline, idle_since: Instant::now() });
         });
+    }
+
+    /// Returns the connection as it is, its session state kept (transaction mode, between two
+    /// transactions of clients that share it): to the pool if it is reusable and within its
+    /// lifetime, closed otherwise.
+    pub fn release_as_is(self) {
+        if let Some((connection, deadline, slot)) = self.retire_unless_reusable() {
+            slot.into_idle(Idle { connection, deadline, idle_since: Instant::now() });
+        }
+    }
+
+    /// Closes the connection if it cannot serve anyone else (not reusable, or past its
+    /// lifetime); otherwise hands back its parts.
+    fn retire_unless_reusable(self) -> Option<(ServerConnection, Instant, Slot)> {
+        let Lease { connection, deadline, slot } = self;
+        let reusable = connection.reusable();
+        if !reusable || Instant::now() >= deadline {
+            debug!(connection = connection.id(), reusable, "closing upstream connection at release");
+            metrics::upstream_retired(&slot.pool().upstream.label, if reusable { "lifetime" } else { "dirty" });
+            return None;
+        }
+        Some((connection, deadline, slot))
     }
 }
 

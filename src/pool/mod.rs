@@ -15,6 +15,7 @@ mod checkout;
 mod lease;
 mod maintenance;
 mod slot;
+mod statements;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 
 pub use checkout::CheckoutError;
 pub use lease::Lease;
+pub use statements::{Statement, StatementRegistry};
 
 use crate::config::PoolSettings;
 use crate::metrics;
@@ -134,11 +136,20 @@ pub struct Pool {
     greeting: Mutex<Option<ServerParams>>,
     /// Checkouts so far, by [`CheckoutKind`].
     checkouts: [AtomicU64; 3],
+    /// The statements its clients prepared, in transaction mode.
+    statements: StatementRegistry,
 }
 
 impl Pool {
     fn new(key: PoolKey, upstream: Arc<Upstream>) -> Pool {
-        Pool { key, upstream, state: Mutex::default(), greeting: Mutex::new(None), checkouts: Default::default() }
+        Pool {
+            key,
+            upstream,
+            state: Mutex::default(),
+            greeting: Mutex::new(None),
+            checkouts: Default::default(),
+            statements: StatementRegistry::default(),
+        }
     }
 
     /// How many checkouts of this pool went `kind`'s way.
@@ -154,6 +165,11 @@ impl Pool {
     /// The upstream this pool connects to.
     pub fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
+    }
+
+    /// The statements its clients prepared (transaction mode).
+    pub fn statements(&self) -> &StatementRegistry {
+        &self.statements
     }
 
     /// The key this pool serves.
@@ -181,6 +197,13 @@ impl Pool {
     pub fn counts(&self) -> (usize, usize) {
         let state = self.state.lock().unwrap();
         (state.idle.len(), state.idle.len() + state.busy)
+    }
+
+    /// Whether a checkout now would have to wait: no idle connection, no room for another,
+    /// or others waiting already.
+    pub fn would_wait(&self) -> bool {
+        let state = self.state.lock().unwrap();
+        !state.waiters.is_empty() || (state.idle.is_empty() && state.busy >= self.upstream.max_pool_size())
     }
 
     /// Clients waiting for a connection.

@@ -34,6 +34,10 @@ pub mod frontend {
     pub const COPY_FAIL: u8 = b'f';
     /// PasswordMessage, SASLInitialResponse and SASLResponse share this type.
     pub const PASSWORD: u8 = b'p';
+    /// The first body byte of a Describe or Close of a prepared statement.
+    pub const OF_STATEMENT: u8 = b'S';
+    /// The first body byte of a Describe or Close of a portal.
+    pub const OF_PORTAL: u8 = b'P';
 }
 
 /// Message types a server (backend) sends.
@@ -60,6 +64,8 @@ pub mod backend {
     pub const COMMAND_COMPLETE: u8 = b'C';
     /// EmptyQueryResponse.
     pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
+    /// CopyInResponse: the server waits for COPY FROM STDIN data.
+    pub const COPY_IN_RESPONSE: u8 = b'G';
     /// ParseComplete.
     pub const PARSE_COMPLETE: u8 = b'1';
     /// BindComplete.

@@ -12,14 +12,20 @@ pub const PROTOCOL_VIOLATION: &str = "08P01";
 pub const CONNECTION_EXCEPTION_CLASS: &str = "08";
 /// The client asked for something the proxy does not do.
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+/// A prepared statement a client names does not exist.
+pub const UNDEFINED_PREPARED_STATEMENT: &str = "26000";
 /// Credentials are missing or refused.
 pub const INVALID_AUTHORIZATION: &str = "28000";
 /// The class of authorization failures (`28xxx`): never retried.
 pub const INVALID_AUTHORIZATION_CLASS: &str = "28";
 /// An admin console command the proxy does not know.
 pub const SYNTAX_ERROR: &str = "42601";
+/// A client prepares a statement under a name it already uses.
+pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
 /// No free connection within the wait limit, or too many clients.
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
+/// A statement too long for what the proxy keeps of it.
+pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 /// The proxy is shutting down.
 pub const ADMIN_SHUTDOWN: &str = "57P01";
 /// "The database system is starting up": a Lakebase compute waking from scale-to-zero.

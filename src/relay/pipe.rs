@@ -18,15 +18,30 @@ const READ_CHUNK: usize = 16 * 1024;
 /// rest of a session.
 pub(super) const MAX_IDLE_CAPACITY: usize = 64 * 1024;
 
-/// What becomes of a scanned message.
+/// What becomes of a scanned message. Whatever the scan put in [`Splice::before`] goes out
+/// in its place first, whatever the verdict (but [`Verdict::Stop`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Verdict {
-    /// Passed on, after whatever the scan put in the insert buffer.
+    /// Passed on.
     Forward,
     /// Dropped, body and all.
     Swallow,
+    /// Its header and the first `cut` bytes of its body are dropped (the scan wrote their
+    /// replacement, with the new length, ahead); the rest is passed on.
+    Rewrite { cut: usize },
+    /// Left unread for now; the pipe reads nothing more until [`Pipe::scan`] is called again.
+    Hold,
     /// Not passed on, and the pipe stops (the client's Terminate).
     Stop,
+}
+
+/// Where a scan puts messages of the proxy's own around the one it judges.
+#[derive(Debug, Default)]
+pub(super) struct Splice {
+    /// Sent ahead of the message (or in its place).
+    pub(super) before: BytesMut,
+    /// Sent right after the message, once its body has passed.
+    pub(super) after: BytesMut,
 }
 
 /// What a pipe asks about the messages passing through it.
@@ -36,9 +51,9 @@ pub(super) trait Scan {
     /// judged by their header and their bodies streamed.
     fn wants_body(&self, tag: u8) -> bool;
 
-    /// Judges one message: `body` is there when wanted. Bytes appended to `insert` are sent
-    /// ahead of a forwarded message.
-    fn message(&mut self, tag: u8, body: Option<&[u8]>, insert: &mut BytesMut) -> Verdict;
+    /// Judges one message of `len` body bytes: `body` is there when wanted (cut to
+    /// [`MAX_BUFFERED_MESSAGE`]).
+    fn message(&mut self, tag: u8, body: Option<&[u8]>, len: usize, splice: &mut Splice) -> Verdict;
 }
 
 /// How one direction stopped.
@@ -68,11 +83,13 @@ pub(super) struct Pipe {
     dropping: bool,
     unflushed: bool,
     stopped: bool,
+    /// A message is held back (see [`Verdict::Hold`]).
+    held: bool,
     /// Bytes written on so far.
     pub(super) forwarded: u64,
-    /// Messages a scan inserts ahead of the one it judged; empty (and unallocated) unless
-    /// a hook inserts.
-    insert: BytesMut,
+    /// Messages a scan inserts around the one it judged; empty (and unallocated) unless a
+    /// hook inserts.
+    splice: Splice,
 }
 
 impl Pipe {
@@ -81,8 +98,10 @@ impl Pipe {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// Advances the framing over newly read bytes, asking `scan` about each message.
+    /// Advances the framing over newly read bytes (and a held message), asking `scan` about
+    /// each message.
     pub(super) fn scan(&mut self, scan: &mut impl Scan) -> io::Result<()> {
+        self.held = false;
         while !self.stopped {
             if self.body_left > 0 {
                 let take = self.body_left.min(self.buf.len() - self.ready);
@@ -95,6 +114,7 @@ impl Pipe {
                 if self.body_left > 0 {
                     return Ok(());
                 }
+                self.splice_after();
             }
             let Some(header) = FrameHeader::parse(&self.buf[self.ready..])? else {
                 return Ok(());
@@ -106,11 +126,14 @@ impl Pipe {
                 return Ok(());
             }
             let body = wanted.then(|| &self.buf[self.ready + HEADER_LEN..end]);
-            match scan.message(header.tag, body, &mut self.insert) {
+            let verdict = scan.message(header.tag, body, header.body_len, &mut self.splice);
+            if verdict == Verdict::Stop {
+                self.stopped = true;
+                return Ok(());
+            }
+            self.splice_before();
+            match verdict {
                 Verdict::Forward => {
-                    if !self.insert.is_empty() {
-                        self.splice_insert();
-                    }
                     self.ready += HEADER_LEN + shown;
                     self.dropping = false;
                 }
@@ -118,27 +141,58 @@ impl Pipe {
                     self.cut(HEADER_LEN + shown);
                     self.dropping = true;
                 }
-                Verdict::Stop => {
-                    self.stopped = true;
+                Verdict::Rewrite { cut } => {
+                    debug_assert!(cut <= shown, "only the part of a message shown can be rewritten");
+                    self.cut(HEADER_LEN + cut);
+                    self.ready += shown - cut;
+                    self.dropping = false;
+                }
+                Verdict::Hold => {
+                    self.held = true;
                     return Ok(());
                 }
+                Verdict::Stop => unreachable!("handled above"),
             }
             self.body_left = header.body_len - shown;
+            if self.body_left == 0 {
+                self.splice_after();
+            }
         }
         Ok(())
     }
 
-    /// Moves the insert buffer's messages in at the scan position, ready to write.
-    fn splice_insert(&mut self) {
-        let (at, len, added) = (self.ready, self.buf.len(), self.insert.len());
-        self.buf.resize(len + added, 0);
-        self.buf.copy_within(at..len, at + added);
-        self.buf[at..at + added].copy_from_slice(&self.insert);
-        self.ready += added;
-        if self.insert.capacity() > MAX_IDLE_CAPACITY {
-            self.insert = BytesMut::new();
+    /// Adds `bytes` to the stream after the last message scanned, once its body has passed:
+    /// replies of the proxy's own that are due.
+    pub(super) fn append(&mut self, bytes: &[u8]) {
+        self.splice.after.extend_from_slice(bytes);
+        if self.body_left == 0 {
+            self.splice_after();
+        }
+    }
+
+    fn splice_before(&mut self) {
+        if !self.splice.before.is_empty() {
+            Self::splice_in(&mut self.buf, &mut self.ready, &mut self.splice.before);
+        }
+    }
+
+    fn splice_after(&mut self) {
+        if !self.splice.after.is_empty() {
+            Self::splice_in(&mut self.buf, &mut self.ready, &mut self.splice.after);
+        }
+    }
+
+    /// Moves `insert`'s messages in at the scan position, ready to write.
+    fn splice_in(buf: &mut BytesMut, ready: &mut usize, insert: &mut BytesMut) {
+        let (at, len, added) = (*ready, buf.len(), insert.len());
+        buf.resize(len + added, 0);
+        buf.copy_within(at..len, at + added);
+        buf[at..at + added].copy_from_slice(insert);
+        *ready += added;
+        if insert.capacity() > MAX_IDLE_CAPACITY {
+            *insert = BytesMut::new();
         } else {
-            self.insert.clear();
+            insert.clear();
         }
     }
 
@@ -188,6 +242,10 @@ impl Pipe {
             if self.stopped {
                 return Poll::Ready(Ok(PumpEnd::Stopped));
             }
+            if self.held {
+                // Nothing more is read until the held message can be judged.
+                return Poll::Pending;
+            }
             if self.buf.capacity() - self.buf.len() < MIN_READ_SPACE {
                 self.buf.reserve(READ_CHUNK);
             }
@@ -209,6 +267,18 @@ impl Pipe {
     /// from stands between two messages.
     pub(super) fn read_to_message_boundary(&self) -> bool {
         self.body_left == 0 && self.buf.len() == self.ready
+    }
+
+    /// Drops the read buffer if nothing is in it.
+    pub(super) fn release_buffer(&mut self) {
+        if self.drained() {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// A message is held back until the scan is run again.
+    pub(super) fn held(&self) -> bool {
+        self.held
     }
 
     /// Nothing half-read, nothing waiting to be written or flushed.

@@ -166,11 +166,13 @@ impl Hook for PrepareOnBind {
         tag == frontend::BIND
     }
 
-    fn before(&mut self, _tag: u8, body: &[u8], insert: &mut Insert<'_>) {
+    fn before(&mut self, _tag: u8, body: &[u8], _len: usize, insert: &mut Insert<'_>) -> Decision {
         let statement = body.split(|&b| b == 0).nth(1).unwrap();
-        if !insert.prepared().contains(std::str::from_utf8(statement).unwrap()) {
-            insert.message(frontend::PARSE, &[statement, b"\0SELECT 1\0\0\0"].concat());
+        assert_eq!(statement, b"S1", "the tests bind statement S1, prepared as statement 1");
+        if !insert.prepared().contains(1) {
+            insert.message(frontend::PARSE, &[statement, b"\0SELECT 1\0\0\0"].concat(), Some(1));
         }
+        Decision::Forward
     }
 }
 
@@ -224,7 +226,7 @@ async fn an_inserted_parse_goes_first_and_its_reply_is_swallowed() {
     assert!(hang_up(client).await.is_empty());
     let Ended { server, end, .. } = task.await.unwrap();
     assert!(matches!(end, RelayEnd::ClientTerminated));
-    assert!(server.prepared().contains("S1"));
+    assert!(server.prepared().contains(1));
     assert!(server.protocol().owes_nothing());
     assert!(server.reusable());
 }
@@ -243,7 +245,7 @@ async fn a_failed_inserted_parse_shows_its_error_and_the_ready_for_query() {
     assert_eq!(read_exactly(&mut client, answer.len()).await, answer);
     assert!(hang_up(client).await.is_empty());
     let Ended { server, .. } = task.await.unwrap();
-    assert!(!server.prepared().contains("S1"));
+    assert!(!server.prepared().contains(1));
     assert!(server.protocol().owes_nothing());
     assert!(server.reusable());
 }
@@ -261,7 +263,7 @@ async fn a_bind_too_long_to_hold_is_shown_cut_and_streams_whole() {
     assert_eq!(read_exactly(&mut client, answer.len() - 5).await, &answer[5..]);
     assert!(hang_up(client).await.is_empty());
     let Ended { server, .. } = task.await.unwrap();
-    assert!(server.prepared().contains("S1") && server.reusable());
+    assert!(server.prepared().contains(1) && server.reusable());
 }
 
 #[tokio::test]
@@ -296,7 +298,7 @@ async fn state_carries_from_one_relay_to_the_next() {
     read_exactly(&mut client, 5 + 14 + 6).await;
     hang_up(client).await;
     let Ended { server, .. } = task.await.unwrap();
-    assert!(server.reusable() && server.prepared().contains("S1"));
+    assert!(server.reusable() && server.prepared().contains(1));
 
     let (mut client, task) = attach(PrepareOnBind, server);
     client.write_all(&sent).await.unwrap();

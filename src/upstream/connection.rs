@@ -5,13 +5,10 @@ use tokio::io::AsyncWriteExt;
 
 use super::ConnectError;
 use super::login::LoginResult;
-use super::state::{PreparedStatements, ProtocolState};
+use super::state::{DROPS_ALL_STATEMENTS, PreparedStatements, ProtocolState};
 use super::stream::{ServerStream, read_server_message};
 use crate::protocol::messages::{self, ErrorFields};
 use crate::protocol::{CancelKey, StartupParams, TransactionStatus, backend};
-
-/// Command tags after which the server holds no prepared statements.
-const DROPS_ALL_STATEMENTS: [&[u8]; 2] = [b"DISCARD ALL", b"DEALLOCATE ALL"];
 
 /// A logged-in upstream connection, and what is known of the session on it: its settings,
 /// the statements the proxy prepared, and the replies it owes. The relay keeps the last two
@@ -212,18 +209,18 @@ mod tests {
         let (pipe, mut server) = duplex(4096);
         let key = CancelKey { pid: 1, secret: 1 };
         let mut connection = ServerConnection::in_memory(pipe, 1, StartupParams::default(), Vec::new(), key);
-        connection.prepared.record("s1");
+        connection.prepared.record(1, 0);
         server.write_all(&[message(b'C', b"BEGIN\0"), message(b'Z', b"T")].concat()).await.unwrap();
         connection.simple_query("BEGIN").await.unwrap().unwrap();
         assert_eq!(connection.protocol().transaction_status(), TransactionStatus::InTransaction);
-        assert!(!connection.reusable() && connection.prepared().contains("s1"));
+        assert!(!connection.reusable() && connection.prepared().contains(1));
         let answers =
             [message(b'C', b"ROLLBACK\0"), message(b'Z', b"I"), message(b'C', b"DISCARD ALL\0"), message(b'Z', b"I")];
         server.write_all(&answers.concat()).await.unwrap();
         let outcomes = connection.simple_queries(&["ROLLBACK", "DISCARD ALL"]).await.unwrap();
         assert!(outcomes.iter().all(Result::is_ok));
         assert!(connection.reusable());
-        assert!(!connection.prepared().contains("s1"));
+        assert!(!connection.prepared().contains(1));
     }
 
     #[test]

@@ -15,6 +15,6 @@ pub use connect::{Endpoint, MovableHost};
 pub use connection::ServerConnection;
 pub use connector::{Connect, Connector, HostResolver};
 pub use error::ConnectError;
-pub(crate) use state::Delivery;
-pub use state::{PreparedStatements, ProtocolState};
+pub(crate) use state::{Delivery, Sent};
+pub use state::{PreparedStatements, ProtocolState, Settled, StatementId, Token, UnnamedOwner, server_statement_name};
 pub use stream::{ServerStream, UpstreamStream};

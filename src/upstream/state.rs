@@ -30,43 +30,133 @@
 //! miscounted.
 //!
 //! A COPY's traffic is part of its Query's or Execute's answer and streams like any other.
-//! During COPY FROM STDIN the server ignores Sync and Flush, and libpq and tokio-postgres
-//! send a Sync before the COPY's data (and another after it): that first Sync stays owed, so
-//! such a connection is not reused, as before the queue existed.
+//! During COPY FROM STDIN the server ignores Sync and Flush (tokio-postgres sends a Sync
+//! before the COPY's data and another after it): from the server's CopyInResponse until the
+//! client's CopyDone or CopyFail (or an error that ends the COPY), Syncs the client sends owe
+//! nothing, including those already queued when the CopyInResponse arrives.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
 
 use crate::protocol::{TransactionStatus, backend, frontend};
 
-/// The names of the statements a server connection has prepared, as far as the proxy made
-/// them: empty unless the proxy inserts Parse messages of its own (statements the client
-/// prepares itself are not read from its messages).
+/// A statement as the proxy prepares it on server connections, whatever the clients call it;
+/// see [`server_statement_name`]. Ids are never reused.
+pub type StatementId = u64;
+
+/// The name statement `id` has on every server connection that prepared it. Clients never
+/// see or reach it: their own names are mapped.
+pub fn server_statement_name(id: StatementId) -> String {
+    format!("_lbp{id}")
+}
+
+/// The statements a server connection has prepared on the proxy's behalf (or has a Parse of
+/// on the way), with when each was last used, so the least recently used can be closed when
+/// there are too many. Statements a client prepares under its own name in session mode are
+/// not read from its messages and not listed.
 #[derive(Debug, Clone, Default)]
 pub struct PreparedStatements {
-    names: HashSet<String>,
+    entries: HashMap<StatementId, Prepared>,
+    /// Counts uses, to order them.
+    clock: u64,
+    /// Whose unnamed statement the server holds, as the hook that sent it labelled it.
+    unnamed: Option<UnnamedOwner>,
+}
+
+/// Who sent the Parse of the unnamed statement a server holds: a client's id and which of its
+/// unnamed statements it was.
+pub type UnnamedOwner = (u64, u64);
+
+#[derive(Debug, Clone, Copy)]
+struct Prepared {
+    /// Sequence number of the message that prepares it (see [`ProtocolState::sequence`]).
+    since: u64,
+    last_used: u64,
 }
 
 impl PreparedStatements {
-    /// Notes that the server has (or is about to have) statement `name`.
-    pub fn record(&mut self, name: &str) {
-        self.names.insert(name.to_owned());
+    /// Whether the server has statement `id`, or has a Parse of it on the way.
+    pub fn contains(&self, id: StatementId) -> bool {
+        self.entries.contains_key(&id)
     }
 
-    /// Notes that the server no longer has statement `name`.
-    pub fn forget(&mut self, name: &str) {
-        self.names.remove(name);
+    /// Notes a use of `id`, for the least-recently-used order.
+    pub fn touch(&mut self, id: StatementId) {
+        self.clock += 1;
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.last_used = self.clock;
+        }
     }
 
-    /// Whether the server has statement `name`, or has a Parse of it on the way.
-    pub fn contains(&self, name: &str) -> bool {
-        self.names.contains(name)
+    /// How many statements the server has.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the server has none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The statement used least recently.
+    pub fn least_recently_used(&self) -> Option<StatementId> {
+        self.entries.iter().min_by_key(|(_, entry)| entry.last_used).map(|(&id, _)| id)
+    }
+
+    /// Whose unnamed statement the server holds, if the proxy knows.
+    pub fn unnamed_owner(&self) -> Option<UnnamedOwner> {
+        self.unnamed
+    }
+
+    /// Notes whose unnamed statement the server holds (`None`: nobody's, or unknown).
+    pub fn set_unnamed_owner(&mut self, owner: Option<UnnamedOwner>) {
+        self.unnamed = owner;
+    }
+
+    /// Notes that the server has (or is about to have) statement `id`, prepared by the message
+    /// with sequence number `since`.
+    pub(crate) fn record(&mut self, id: StatementId, since: u64) {
+        self.clock += 1;
+        self.entries.insert(id, Prepared { since, last_used: self.clock });
+    }
+
+    /// Notes that the server no longer has statement `id`.
+    pub(crate) fn forget(&mut self, id: StatementId) {
+        self.entries.remove(&id);
     }
 
     /// Notes that the server has none (after `DISCARD ALL` or `DEALLOCATE ALL`).
     pub(crate) fn forget_all(&mut self) {
-        self.names.clear();
+        self.entries.clear();
+        self.unnamed = None;
+    }
+
+    /// Notes that the server dropped every statement prepared by messages sent before the
+    /// one with sequence number `sequence` (a `DISCARD ALL` there): those sent after it
+    /// stay.
+    fn forget_before(&mut self, sequence: u64) {
+        self.entries.retain(|_, entry| entry.since > sequence);
     }
 }
+
+/// Command tags after which the server holds no prepared statements.
+pub(crate) const DROPS_ALL_STATEMENTS: [&[u8]; 2] = [b"DISCARD ALL", b"DEALLOCATE ALL"];
+
+/// What the server did with a message that carried a [`Token`], for the hook that sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The message succeeded (its last reply came), or, for a reply the proxy made itself,
+    /// that reply went out.
+    Done(Token),
+    /// The message failed or the server skipped it after an earlier error.
+    Failed(Token),
+    /// The message (a `DISCARD ALL` or `DEALLOCATE ALL`) dropped every prepared statement.
+    DroppedStatements(Token),
+}
+
+/// A mark a hook puts on a message to hear what became of it (see [`Settled`]).
+pub type Token = u32;
 
 /// A message that the server owes replies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,44 +226,107 @@ impl Request {
     }
 }
 
-/// Who sent a request, and so who its replies go to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who sent a request, and so what becomes of its replies.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Sender {
+    /// The client: its replies go to it.
     Client,
+    /// The proxy: its replies are kept from the client, except an ErrorResponse.
     Proxy,
-    /// The proxy's Parse of a named statement, whose name is at the front of
-    /// [`ProtocolState::preparing`] once this request is at the front of the queue.
-    ProxyPreparing,
+    /// Nobody: the proxy answers the client's message itself with these bytes when every
+    /// reply owed before it has gone out, and the server never sees it.
+    Local(Bytes),
+    /// The proxy sent a message bound to fail in place of a client message it must refuse, so
+    /// that the server skips to the Sync and ends the transaction as it would have: the
+    /// server's ErrorResponse is replaced with this one.
+    Refused(Bytes),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Owed {
     request: Request,
     sender: Sender,
+    /// Sequence number of the message.
+    sequence: u64,
+    /// The statement a Parse prepares, recorded in [`PreparedStatements`] until it fails.
+    prepares: Option<StatementId>,
+    /// Reported to the hook as [`Settled`].
+    token: Option<Token>,
 }
 
 /// Whether a server message goes on to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Delivery {
     Forward,
-    /// It answers a message the proxy inserted.
+    /// It answers a message the proxy inserted, or the proxy sends its own in its place.
     Swallow,
+}
+
+/// A message sent to the server, as the relay tells [`ProtocolState::sent`] about it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Sent {
+    sender: Option<Sender>,
+    prepares: Option<StatementId>,
+    token: Option<Token>,
+}
+
+impl Sent {
+    /// A client message, forwarded as it is or rewritten.
+    pub(crate) fn client() -> Sent {
+        Sent { sender: Some(Sender::Client), ..Sent::default() }
+    }
+
+    /// A message of the proxy's own.
+    pub(crate) fn proxy() -> Sent {
+        Sent { sender: Some(Sender::Proxy), ..Sent::default() }
+    }
+
+    /// A client message the proxy answers itself with `reply`.
+    pub(crate) fn local(reply: Bytes) -> Sent {
+        Sent { sender: Some(Sender::Local(reply)), ..Sent::default() }
+    }
+
+    /// A message bound to fail, whose error the client sees as `error`.
+    pub(crate) fn refused(error: Bytes) -> Sent {
+        Sent { sender: Some(Sender::Refused(error)), ..Sent::default() }
+    }
+
+    /// The same, preparing statement `id` (if any).
+    pub(crate) fn preparing(self, id: Option<StatementId>) -> Sent {
+        Sent { prepares: id, ..self }
+    }
+
+    /// The same, carrying `token` (if any).
+    pub(crate) fn tracked(self, token: Option<Token>) -> Sent {
+        Sent { token, ..self }
+    }
 }
 
 /// What a server connection owes and where it stands; see the module docs.
 #[derive(Debug, Clone)]
 pub struct ProtocolState {
     owed: VecDeque<Owed>,
-    /// Names of the statements the proxy's Parse messages in `owed` prepare, in the same order.
-    preparing: VecDeque<Box<str>>,
+    /// Messages sent so far, counting the proxy's own and those it answered itself.
+    sequence: u64,
     /// Extended-protocol messages were sent after the last Sync: the server is inside a batch.
     unsynced: bool,
     /// An error ended a batch whose Sync is not sent yet: the server discards what comes
     /// before it.
     skipping: bool,
+    /// The last message sent makes the server send what it has (Flush, Sync, Query).
+    flushed: bool,
+    /// The server is in COPY FROM STDIN, ignoring Syncs, until the client's CopyDone or
+    /// CopyFail.
+    copy_in: bool,
+    /// Sequence number of the client's last CopyDone or CopyFail.
+    copy_ended: u64,
     transaction_status: TransactionStatus,
     /// Type of the last message the server sent.
     last_message_type: u8,
+    /// Replies the proxy made itself that are due now, to go to the client next.
+    pub(crate) local_replies: BytesMut,
+    /// What became of tokened messages since the hook last looked.
+    pub(crate) settled: Vec<Settled>,
     /// Whether the relay left the stream between two messages both ways, with every message
     /// it counted delivered to the server.
     pub(crate) between_messages: bool,
@@ -185,11 +338,16 @@ impl Default for ProtocolState {
     fn default() -> Self {
         ProtocolState {
             owed: VecDeque::new(),
-            preparing: VecDeque::new(),
+            sequence: 0,
             unsynced: false,
             skipping: false,
+            flushed: true,
+            copy_in: false,
+            copy_ended: 0,
             transaction_status: TransactionStatus::Idle,
             last_message_type: 0,
+            local_replies: BytesMut::new(),
+            settled: Vec::new(),
             between_messages: true,
             lost: false,
         }
@@ -205,6 +363,22 @@ impl ProtocolState {
     /// Extended-protocol messages were sent after the last Sync.
     pub fn unsynced(&self) -> bool {
         self.unsynced
+    }
+
+    /// The server skips what it is sent until the client's next Sync, after an error.
+    pub fn skipping(&self) -> bool {
+        self.skipping
+    }
+
+    /// The server has been told to send every reply it has (the last message sent was a
+    /// Flush, a Sync or a Query): waiting for replies cannot wait for the client.
+    pub fn flushed(&self) -> bool {
+        self.flushed
+    }
+
+    /// Sequence number the next message sent gets.
+    pub fn sequence(&self) -> u64 {
+        self.sequence + 1
     }
 
     /// No reply is owed.
@@ -239,110 +413,175 @@ impl ProtocolState {
         self.transaction_status = status;
     }
 
-    /// The client sent a message of type `tag`.
-    pub(crate) fn client_sent(&mut self, tag: u8) {
-        self.sent(tag, Sender::Client);
+    /// The client sent a message of type `tag`, forwarded as it is.
+    pub(crate) fn client_sent(&mut self, tag: u8, prepared: &mut PreparedStatements) {
+        self.sent(tag, Sent::client(), prepared);
     }
 
-    /// The proxy sent a message of type `tag` with `body`, whose replies the client must not
-    /// see. A Parse of a named statement is recorded in `prepared` at once, so that a second
-    /// Bind in the same batch finds it, and forgotten again if it fails or is skipped.
-    pub(crate) fn proxy_sent(&mut self, tag: u8, body: &[u8], prepared: &mut PreparedStatements) {
-        let name = (tag == frontend::PARSE)
-            .then(|| String::from_utf8_lossy(body.split(|&b| b == 0).next().unwrap_or_default()))
-            .filter(|name| !name.is_empty());
-        let sender = if name.is_some() { Sender::ProxyPreparing } else { Sender::Proxy };
-        if self.sent(tag, sender)
-            && let Some(name) = name
-        {
-            prepared.record(&name);
-            self.preparing.push_back(name.into());
+    /// A message of type `tag` went to the server (or, for a local answer, would have), from
+    /// whom `sent` says. A Parse of a statement is recorded in `prepared` at once, so that a
+    /// Bind later in the same batch finds it, and forgotten again if it fails or is skipped.
+    /// Returns false when nothing is owed for it: it owes no reply, or the server skips it.
+    pub(crate) fn sent(&mut self, tag: u8, sent: Sent, prepared: &mut PreparedStatements) -> bool {
+        self.sequence += 1;
+        let local = matches!(sent.sender, Some(Sender::Local(_)));
+        if !local {
+            self.flushed = matches!(tag, frontend::FLUSH | frontend::SYNC | frontend::QUERY | frontend::FUNCTION_CALL);
         }
-    }
-
-    /// Queues the replies a message of type `tag` is owed; false when it is owed none.
-    fn sent(&mut self, tag: u8, sender: Sender) -> bool {
-        if tag == frontend::FLUSH {
-            self.unsynced = true;
+        match tag {
+            frontend::FLUSH => self.unsynced = true,
+            frontend::COPY_DONE | frontend::COPY_FAIL => {
+                self.copy_in = false;
+                self.copy_ended = self.sequence;
+            }
+            _ => {}
         }
         let Some(request) = Request::for_tag(tag) else {
             return false;
         };
+        if request == Request::Sync && self.copy_in {
+            return false;
+        }
         if request == Request::Sync {
             self.unsynced = false;
             self.skipping = false;
         } else if self.skipping {
+            if let Some(token) = sent.token {
+                self.settled.push(Settled::Failed(token));
+            }
             return false;
         } else if !request.is_sync_point() {
             self.unsynced = true;
         }
-        self.owed.push_back(Owed { request, sender });
+        if let Some(id) = sent.prepares {
+            prepared.record(id, self.sequence);
+        }
+        let sender = sent.sender.unwrap_or(Sender::Client);
+        self.owed.push_back(Owed {
+            request,
+            sender,
+            sequence: self.sequence,
+            prepares: sent.prepares,
+            token: sent.token,
+        });
+        self.answer_locally();
         true
     }
 
-    /// The server sent a message of type `tag`; `body` is read for ReadyForQuery only.
+    /// The server sent a message of type `tag`; `body` is read for ReadyForQuery and
+    /// CommandComplete only.
     pub(crate) fn server_sent(&mut self, tag: u8, body: &[u8], prepared: &mut PreparedStatements) -> Delivery {
         self.last_message_type = tag;
-        match tag {
-            backend::NOTICE_RESPONSE | backend::PARAMETER_STATUS | backend::NOTIFICATION_RESPONSE => Delivery::Forward,
+        let delivery = match tag {
+            backend::NOTICE_RESPONSE | backend::PARAMETER_STATUS | backend::NOTIFICATION_RESPONSE => {
+                return Delivery::Forward;
+            }
             backend::READY_FOR_QUERY => {
                 self.transaction_status = TransactionStatus::from_byte(body.first().copied().unwrap_or_default());
+                let mut delivery = Delivery::Forward;
                 while let Some(owed) = self.owed.pop_front() {
                     if owed.request.is_sync_point() {
-                        return delivery(owed.sender);
+                        delivery = self.delivery(&owed);
+                        self.settle(owed, true);
+                        break;
                     }
                     self.abandon(owed, prepared);
                 }
+                delivery
+            }
+            backend::COPY_IN_RESPONSE => {
+                self.enter_copy_in();
                 Delivery::Forward
             }
-            // Always passed on, even when it answers the proxy: the client's own messages up
-            // to its Sync are skipped without a reply, and this is what tells it why.
+            // Passed on even when it answers the proxy: the client's own messages up to its
+            // Sync are skipped without a reply, and this is what tells it why.
             backend::ERROR_RESPONSE => {
+                self.copy_in = false;
+                let mut delivery = Delivery::Forward;
+                if let Some(Owed { sender: Sender::Refused(error), .. }) = self.owed.front() {
+                    self.local_replies.extend_from_slice(error);
+                    delivery = Delivery::Swallow;
+                }
                 if self.owed.front().is_some_and(|owed| !owed.request.is_sync_point()) {
-                    while let Some(owed) = self.owed.front().copied()
+                    while let Some(owed) = self.owed.front()
                         && owed.request != Request::Sync
                     {
-                        self.owed.pop_front();
+                        let owed = self.owed.pop_front().expect("front exists");
                         self.abandon(owed, prepared);
                     }
                     self.skipping = self.owed.is_empty();
                 }
-                Delivery::Forward
+                delivery
             }
             _ => {
-                let Some(&owed) = self.owed.front() else {
+                let Some(owed) = self.owed.front() else {
                     return Delivery::Forward;
                 };
+                if tag == backend::COMMAND_COMPLETE
+                    && DROPS_ALL_STATEMENTS.contains(&body.strip_suffix(b"\0").unwrap_or(body))
+                {
+                    prepared.forget_before(owed.sequence);
+                    if let Some(token) = owed.token {
+                        self.settled.push(Settled::DroppedStatements(token));
+                    }
+                }
                 match owed.request.answer(tag) {
                     Answer::Foreign => Delivery::Forward,
-                    Answer::Partial => delivery(owed.sender),
+                    Answer::Partial => self.delivery(owed),
                     Answer::Final => {
-                        self.owed.pop_front();
-                        if owed.sender == Sender::ProxyPreparing {
-                            // Prepared: the name stays recorded.
-                            self.preparing.pop_front();
-                        }
-                        delivery(owed.sender)
+                        let owed = self.owed.pop_front().expect("front exists");
+                        let delivery = self.delivery(&owed);
+                        self.settle(owed, true);
+                        delivery
                     }
                 }
             }
+        };
+        self.answer_locally();
+        delivery
+    }
+
+    /// The server waits for COPY data: the Syncs queued behind the COPY that the client sent
+    /// before ending it are ignored by the server and owe nothing.
+    fn enter_copy_in(&mut self) {
+        let Some(copy) = self.owed.front().map(|owed| owed.sequence) else { return };
+        let copy_ended = self.copy_ended;
+        let ended = copy_ended > copy;
+        let ignored = |owed: &Owed| {
+            owed.request == Request::Sync && owed.sequence > copy && (!ended || owed.sequence < copy_ended)
+        };
+        self.owed.retain(|owed| !ignored(owed));
+        self.copy_in = !ended;
+    }
+
+    fn delivery(&self, owed: &Owed) -> Delivery {
+        match owed.sender {
+            Sender::Client => Delivery::Forward,
+            Sender::Proxy | Sender::Local(_) | Sender::Refused(_) => Delivery::Swallow,
+        }
+    }
+
+    /// Sends the replies the proxy makes itself that are now first in line.
+    fn answer_locally(&mut self) {
+        while let Some(Owed { sender: Sender::Local(reply), .. }) = self.owed.front() {
+            self.local_replies.extend_from_slice(reply);
+            let owed = self.owed.pop_front().expect("front exists");
+            self.settle(owed, true);
+        }
+    }
+
+    fn settle(&mut self, owed: Owed, done: bool) {
+        if let Some(token) = owed.token {
+            self.settled.push(if done { Settled::Done(token) } else { Settled::Failed(token) });
         }
     }
 
     /// Drops a request whose answer will not come (skipped after an error, or ended by one).
     fn abandon(&mut self, owed: Owed, prepared: &mut PreparedStatements) {
-        if owed.sender == Sender::ProxyPreparing
-            && let Some(name) = self.preparing.pop_front()
-        {
-            prepared.forget(&name);
+        if let Some(id) = owed.prepares {
+            prepared.forget(id);
         }
-    }
-}
-
-fn delivery(sender: Sender) -> Delivery {
-    match sender {
-        Sender::Client => Delivery::Forward,
-        Sender::Proxy | Sender::ProxyPreparing => Delivery::Swallow,
+        self.settle(owed, false);
     }
 }
 
@@ -357,8 +596,11 @@ mod tests {
         for step in script.split_whitespace() {
             let bytes = step.as_bytes();
             match bytes[0] {
-                b'>' => state.client_sent(bytes[1]),
-                b'+' => state.proxy_sent(bytes[1], b"s1\0SELECT 1\0\0\0", prepared),
+                b'>' => state.client_sent(bytes[1], prepared),
+                b'+' => {
+                    let prepares = (bytes[1] == b'P').then_some(1);
+                    state.sent(bytes[1], Sent::proxy().preparing(prepares), prepared);
+                }
                 b'<' => {
                     if state.server_sent(bytes[1], &bytes[2..], prepared) == Delivery::Forward {
                         delivered.push(bytes[1] as char);
@@ -418,6 +660,27 @@ mod tests {
     }
 
     #[test]
+    fn syncs_sent_during_copy_from_stdin_owe_nothing() {
+        for script in [
+            // tokio-postgres: a Sync before the data, another after it.
+            ">B >E >S <2 <G >d >c >S <C <ZI",
+            // The whole COPY sent before the server asks for the data.
+            ">B >E >S >d >c >S <2 <G <C <ZI",
+            // Simple protocol.
+            ">Q <G >d >d >c <C <ZI",
+            // The server fails the COPY: it skips to the next Sync.
+            ">B >E >S <2 <G >d <E >c >S <ZI",
+        ] {
+            let (mut state, mut prepared) = fresh();
+            play(&mut state, &mut prepared, script);
+            assert!(state.is_idle(), "{script}: {state:?}");
+        }
+        let (mut state, mut prepared) = fresh();
+        play(&mut state, &mut prepared, ">B >E >S <2 <G >d >S");
+        assert!(state.copy_in && state.ready_owed() == 0, "a Sync amid the data is ignored");
+    }
+
+    #[test]
     fn an_error_in_a_query_or_at_a_sync_is_part_of_its_answer() {
         let (mut state, mut prepared) = fresh();
         play(&mut state, &mut prepared, ">Q >Q <E");
@@ -455,9 +718,9 @@ mod tests {
     fn replies_to_inserted_messages_are_swallowed_and_the_statement_recorded() {
         let (mut state, mut prepared) = fresh();
         play(&mut state, &mut prepared, "+P >B >E >S");
-        assert!(prepared.contains("s1"), "recorded as soon as it is sent");
+        assert!(prepared.contains(1), "recorded as soon as it is sent");
         assert_eq!(play(&mut state, &mut prepared, "<1 <2 <D <C <ZI"), "2DCZ");
-        assert!(prepared.contains("s1") && state.preparing.is_empty() && state.is_idle());
+        assert!(prepared.contains(1) && state.is_idle());
     }
 
     #[test]
@@ -465,18 +728,18 @@ mod tests {
         let (mut state, mut prepared) = fresh();
         play(&mut state, &mut prepared, "+P >B >E >S");
         assert_eq!(play(&mut state, &mut prepared, "<E <ZI"), "EZ");
-        assert!(!prepared.contains("s1") && state.preparing.is_empty() && state.is_idle());
+        assert!(!prepared.contains(1) && state.is_idle());
     }
 
     #[test]
     fn an_inserted_parse_skipped_after_an_earlier_error_is_forgotten() {
         let (mut state, mut prepared) = fresh();
         play(&mut state, &mut prepared, ">B +P >B >S <E");
-        assert!(!prepared.contains("s1") && state.preparing.is_empty());
+        assert!(!prepared.contains(1));
         play(&mut state, &mut prepared, "<ZI");
         // Inserted while the server skips to a Sync not sent yet: it never counts as sent.
         play(&mut state, &mut prepared, ">P <E +P");
-        assert!(!prepared.contains("s1") && state.owes_nothing());
+        assert!(!prepared.contains(1) && state.owes_nothing());
         play(&mut state, &mut prepared, ">S <ZI");
         assert!(state.is_idle());
     }
@@ -486,7 +749,7 @@ mod tests {
         let (mut state, mut prepared) = fresh();
         play(&mut state, &mut prepared, "+P >B >S");
         assert_eq!(play(&mut state, &mut prepared, "<ZI"), "Z");
-        assert!(!prepared.contains("s1") && state.preparing.is_empty());
+        assert!(!prepared.contains(1));
     }
 
     #[test]

@@ -1,0 +1,107 @@
+//! Transaction mode end to end with a real driver: tokio-postgres clients (which prepare every
+//! statement by name) share one or two server connections of a real PostgreSQL.
+
+mod support;
+
+use lakebase_proxy::config::{Config, PasswordSource};
+use lakebase_proxy::proxy::RunningProxy;
+use lakebase_proxy::target::PoolMode;
+use support::{APP_DB, PgServer, SCRAM_USER};
+use tokio_postgres::{Client, NoTls};
+
+async fn proxy(max_size: usize) -> RunningProxy {
+    let pg = PgServer::shared();
+    let target =
+        format!("postgresql://{SCRAM_USER}@localhost:{}/{APP_DB}?sslrootcert={}", pg.port(), pg.ca_path().display());
+    let mut config = Config::new(vec![target.parse().unwrap()]);
+    config.port = 0;
+    config.password = PasswordSource::File(pg.password_file());
+    config.pool.mode = PoolMode::Transaction;
+    config.pool.max_size = max_size;
+    RunningProxy::start(config).await.expect("proxy starts")
+}
+
+async fn connect(proxy: &RunningProxy) -> Client {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.tcp_address(0).port())
+        .user("someone")
+        .connect(NoTls)
+        .await
+        .expect("connect through the proxy");
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_share_one_server_connection_with_their_own_statements() {
+    let proxy = proxy(1).await;
+    let clients = futures_util::future::join_all((0..5).map(|_| connect(&proxy))).await;
+    // Each client prepares the same name for its own text.
+    let mut statements = Vec::new();
+    for (n, client) in clients.iter().enumerate() {
+        statements.push(client.prepare(&format!("SELECT {n}::int + $1::int")).await.unwrap());
+    }
+    for round in 0..3 {
+        for (n, (client, statement)) in clients.iter().zip(&statements).enumerate() {
+            let row = client.query_one(statement, &[&round]).await.unwrap();
+            assert_eq!(row.get::<_, i32>(0), n as i32 + round);
+        }
+    }
+    let pids: std::collections::HashSet<i32> = futures_util::future::join_all(
+        clients.iter().map(|c| async { c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0) }),
+    )
+    .await
+    .into_iter()
+    .collect();
+    assert_eq!(pids.len(), 1, "one server connection served them all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_are_prepared_again_on_another_server_connection() {
+    let proxy = proxy(2).await;
+    let a = connect(&proxy).await;
+    let b = connect(&proxy).await;
+    let statement = a.prepare("SELECT $1::text || pg_backend_pid()::text").await.unwrap();
+    let first = a.query_one(&statement, &[&"x"]).await.unwrap().get::<_, String>(0);
+    // b holds the server a used inside a transaction, so a must take the other one.
+    let transaction_pid: i32 = {
+        b.batch_execute("BEGIN").await.unwrap();
+        b.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0)
+    };
+    let second = a.query_one(&statement, &[&"x"]).await.unwrap().get::<_, String>(0);
+    b.batch_execute("COMMIT").await.unwrap();
+    assert!(first.starts_with('x') && second.starts_with('x'));
+    assert_ne!(second, format!("x{transaction_pid}"), "a did not use the server b held");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_keeps_its_server_and_others_wait() {
+    let proxy = proxy(1).await;
+    let a = connect(&proxy).await;
+    let b = connect(&proxy).await;
+    a.batch_execute("CREATE TABLE IF NOT EXISTS txn_wait (n int)").await.unwrap();
+    a.batch_execute("BEGIN; INSERT INTO txn_wait VALUES (1)").await.unwrap();
+    let waiting =
+        tokio::spawn(
+            async move { b.query_one("SELECT count(*) FROM txn_wait", &[]).await.map(|r| r.get::<_, i64>(0)) },
+        );
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished());
+    a.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap(), 0, "b saw nothing of a's rolled back insert");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listening_client_is_pinned_and_others_use_another_server() {
+    let proxy = proxy(2).await;
+    let a = connect(&proxy).await;
+    a.batch_execute("LISTEN pinned_channel").await.unwrap();
+    let pid: i32 = a.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let b = connect(&proxy).await;
+    for _ in 0..3 {
+        let other: i32 = b.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+        assert_ne!(other, pid, "the pinned server serves nobody else");
+    }
+    assert_eq!(a.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get::<_, i32>(0), pid);
+}
