@@ -13,8 +13,9 @@
 //!
 //! Every scenario runs even after one fails (the proxy is restarted after a failure so that
 //! one broken state does not spill into the next scenario); the test then fails listing each
-//! failing scenario with both sequences. `TXN_DIFF_ONLY=<text>` runs only the scenarios whose
-//! name contains the text; `TXN_DIFF_SHOW=1` prints every direct sequence.
+//! failing scenario with both sequences. `TXN_DIFF_ONLY=<text>[,<text>...]` runs only the
+//! scenarios whose name contains one of the texts; `TXN_DIFF_SHOW=1` prints every sequence,
+//! direct and pooled.
 
 mod support;
 
@@ -58,11 +59,14 @@ enum Pooler {
 
 /// A running pooler: the port clients connect to, and its log.
 enum Running {
+    /// lakebase-proxy.
     Proxy(ProxyProcess),
+    /// PgBouncer.
     PgBouncer(PgBouncerProcess),
 }
 
 impl Running {
+    /// Starts `pooler` in front of `pg` and waits until it listens.
     fn start(pg: &PgServer, pooler: &Pooler) -> Running {
         match pooler {
             Pooler::Proxy(flags) => {
@@ -81,6 +85,7 @@ impl Running {
         }
     }
 
+    /// The TCP port on 127.0.0.1 clients connect to.
     fn port(&self) -> u16 {
         match self {
             Running::Proxy(proxy) => proxy.port,
@@ -88,6 +93,7 @@ impl Running {
         }
     }
 
+    /// Everything it logged so far.
     fn log_text(&self) -> String {
         match self {
             Running::Proxy(proxy) => proxy.log_text(),
@@ -105,6 +111,7 @@ struct PgBouncerProcess {
 }
 
 impl PgBouncerProcess {
+    /// Starts `binary` with `pool_size` server connections in front of `pg`.
     fn spawn(binary: &Path, pg: &PgServer, pool_size: usize) -> PgBouncerProcess {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
@@ -162,6 +169,7 @@ impl PgBouncerProcess {
 }
 
 impl Drop for PgBouncerProcess {
+    /// Kills it (and so closes its connections).
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -171,6 +179,7 @@ impl Drop for PgBouncerProcess {
 /// A role the clients' role is a member of, for SET ROLE; created once per test process.
 const ROLE: &str = "diff_member_role";
 
+/// Creates [`ROLE`] and makes the clients' role a member, once per test process.
 fn create_role_once(pg: &PgServer) {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
@@ -194,7 +203,7 @@ fn differential(mode: Mode) {
     let scenarios: Vec<Scenario> = scenarios::all(&ctx);
     assert!(scenarios.len() >= 32, "the suite has {} scenarios", scenarios.len());
     let scenarios: Vec<&Scenario> =
-        scenarios.iter().filter(|s| only.as_deref().is_none_or(|o| s.name.contains(o))).collect();
+        scenarios.iter().filter(|s| only.as_deref().is_none_or(|o| o.split(',').any(|o| s.name.contains(o)))).collect();
 
     runtime.block_on(async {
         let mut admin = Admin::connect(&socket).await.unwrap();
@@ -217,13 +226,16 @@ fn differential(mode: Mode) {
                 continue;
             }
         };
+        let proxied = runtime.block_on(harness::run(scenario, &Endpoint::Proxy(pooler.port()), &socket));
         if show {
-            for (c, transcript) in direct.iter().enumerate() {
-                let msgs: Vec<String> = transcript.msgs.iter().map(harness::show).collect();
-                eprintln!("[{}] client {c} directly: {}", scenario.name, msgs.join(", "));
+            let runs = [("directly", Some(&direct)), ("pooled", proxied.as_ref().ok())];
+            for (how, run) in runs.into_iter().filter_map(|(how, run)| Some((how, run?))) {
+                for (c, transcript) in run.iter().enumerate() {
+                    let msgs: Vec<String> = transcript.msgs.iter().map(harness::show).collect();
+                    eprintln!("[{}] client {c} {how}: {}", scenario.name, msgs.join(", "));
+                }
             }
         }
-        let proxied = runtime.block_on(harness::run(scenario, &Endpoint::Proxy(pooler.port()), &socket));
         let problems = match proxied {
             Ok(proxied) => harness::compare(&direct, &proxied),
             Err(error) => vec![format!("could not finish: {error}")],
@@ -272,6 +284,7 @@ async fn drop_schemas(admin: &mut Admin, schema: &str) {
     }
 }
 
+/// Session mode with room for every client: each client has a server of its own, as directly.
 #[test]
 fn differential_session_mode() {
     differential(Mode {
@@ -282,6 +295,8 @@ fn differential_session_mode() {
     });
 }
 
+/// Transaction mode, every client sharing one server connection (a statement cap of 10, so
+/// evictions happen all the time).
 #[test]
 fn differential_transaction_pool_of_one() {
     differential(Mode {
@@ -292,6 +307,7 @@ fn differential_transaction_pool_of_one() {
     });
 }
 
+/// Transaction mode with two server connections, so clients move between servers.
 #[test]
 fn differential_transaction_pool_of_two() {
     differential(Mode {

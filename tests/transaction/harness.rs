@@ -64,6 +64,7 @@ pub enum Step {
 }
 
 impl fmt::Debug for Step {
+    /// A step on one line, a message batch by its tags.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::Connect(c) => write!(f, "Connect({c})"),
@@ -263,6 +264,7 @@ trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 impl Endpoint {
+    /// A new connection to the endpoint.
     async fn open(&self) -> Result<Box<dyn Stream>, String> {
         match self {
             Endpoint::Direct(socket) => {
@@ -335,6 +337,7 @@ struct Client {
 }
 
 impl Drop for Client {
+    /// Stops the reader and writer, which closes the socket.
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
@@ -390,6 +393,7 @@ impl Client {
         Ok(Client { index, writer: Some(writer), tasks, received, leaving, key, greeting, settled: 0, gone: false })
     }
 
+    /// Hands bytes to the writer task.
     fn write(&self, bytes: Vec<u8>) -> Result<(), String> {
         let writer = self.writer.as_ref().ok_or("client already left")?;
         writer.send(bytes).map_err(|_| "the writer stopped (connection lost)".to_string())
@@ -419,10 +423,12 @@ impl Client {
         }
     }
 
+    /// Waits for the `k`th ReadyForQuery since the greeting.
     async fn await_ready(&mut self, k: usize) -> Result<(), String> {
         self.await_tag(b'Z', k).await
     }
 
+    /// Waits for the `n`th message tagged `tag` since the greeting.
     async fn await_tag(&mut self, tag: u8, n: usize) -> Result<(), String> {
         let what = format!("{n} x '{}'", tag as char);
         self.wait_for(&what, |msgs| {
@@ -461,6 +467,7 @@ impl Client {
         self.gone = true;
     }
 
+    /// What the client received, cut at its last completed wait if it disconnected.
     fn transcript(&self) -> Transcript {
         let received = self.received.borrow();
         let mut msgs = received.msgs.clone();
@@ -591,7 +598,7 @@ pub async fn run(scenario: &Scenario, endpoint: &Endpoint, admin_socket: &Path) 
     }
     for (i, step) in scenario.steps.iter().enumerate() {
         let result = run_step(step, scenario, endpoint, &mut admin, &mut clients).await;
-        result.map_err(|e| format!("step {i} {step:?}: {e}"))?;
+        result.map_err(|e| format!("step {i} {step:?}: {e}{}", so_far(&clients)))?;
     }
     // Every client still connected gets all it is owed, then leaves with a Terminate; what it
     // receives up to the end of the connection is part of its sequence.
@@ -613,11 +620,25 @@ pub async fn run(scenario: &Scenario, endpoint: &Endpoint, admin_socket: &Path) 
     clients.iter().enumerate().map(transcript).collect()
 }
 
+/// What each client has received so far (its last messages), for a run that cannot finish.
+fn so_far(clients: &[Option<Client>]) -> String {
+    let mut out = String::new();
+    for client in clients.iter().flatten() {
+        let received = client.received.borrow();
+        let tail: Vec<String> = received.msgs.iter().rev().take(12).rev().map(show).collect();
+        let skipped = received.msgs.len() - tail.len();
+        let skipped = if skipped > 0 { format!("({skipped} before) ") } else { String::new() };
+        out.push_str(&format!("\n    client {} received: {skipped}{}", client.index, tail.join(", ")));
+    }
+    out
+}
+
 /// Client `c`, if connected.
 fn client(clients: &mut [Option<Client>], c: usize) -> Result<&mut Client, String> {
     clients[c].as_mut().ok_or_else(|| format!("client {c} is not connected"))
 }
 
+/// Runs one step of `scenario`.
 async fn run_step(
     step: &Step,
     scenario: &Scenario,
@@ -688,15 +709,17 @@ fn short(text: &str, max: usize) -> String {
     }
 }
 
-/// The NUL-terminated strings of a body, from `at`.
+/// The NUL-terminated strings of a body.
 fn cstrings(body: &[u8]) -> Vec<String> {
     body.split(|&b| b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
 }
 
+/// The big-endian u16 at `at` (0 past the end).
 fn be16(body: &[u8], at: usize) -> usize {
     body.get(at..at + 2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize)
 }
 
+/// The big-endian i32 at `at` (0 past the end).
 fn be32(body: &[u8], at: usize) -> i64 {
     body.get(at..at + 4).map_or(0, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]) as i64)
 }
@@ -859,6 +882,7 @@ fn side_by_side(direct: &[Msg], proxied: &[Msg]) -> String {
 mod tests {
     use super::*;
 
+    /// Errors compare without their source location, notifications without the pid.
     #[test]
     fn only_location_fields_and_notification_pids_are_normalised() {
         let error = Msg { tag: b'E', body: b"SERROR\0C42P01\0Mno\0Fparse.c\0L12\0Rfn\0\0".to_vec() };
@@ -870,6 +894,7 @@ mod tests {
         assert!(normalise(&row(b"1")) != normalise(&row(b"2")));
     }
 
+    /// The builder counts what a batch is owed.
     #[test]
     fn ready_for_query_is_owed_per_query_sync_and_function_call() {
         let bytes = [wire::sync(), wire::query("SELECT 1"), wire::flush(), wire::function_call(1, &[])].concat();
