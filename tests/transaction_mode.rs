@@ -105,3 +105,28 @@ async fn a_listening_client_is_pinned_and_others_use_another_server() {
     }
     assert_eq!(a.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get::<_, i32>(0), pid);
 }
+
+async fn show(client: &Client) -> String {
+    client.query_one("SHOW statement_timeout", &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_setting_follows_its_client_and_no_other() {
+    let proxy = proxy(1).await;
+    let a = connect(&proxy).await;
+    let b = connect(&proxy).await;
+    let default = show(&b).await;
+    a.batch_execute("SET statement_timeout = '1234ms'").await.unwrap();
+    // The only server connection goes back and forth between them.
+    for _ in 0..3 {
+        assert_eq!(show(&a).await, "1234ms");
+        assert_eq!(show(&b).await, default);
+    }
+    a.batch_execute("RESET statement_timeout").await.unwrap();
+    assert_eq!(show(&a).await, default);
+    let pids: Vec<i32> = futures_util::future::join_all(
+        [&a, &b].map(|c| async { c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0) }),
+    )
+    .await;
+    assert_eq!(pids[0], pids[1], "still one server connection, so nobody was pinned");
+}

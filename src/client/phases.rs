@@ -18,9 +18,9 @@ use crate::cancel::CancelRegistry;
 use crate::metrics;
 use crate::ops::view::{ClientEntry, ClientRegistry, ProxyView};
 use crate::pool::{Lease, Pool, Pools};
-use crate::protocol::CancelKey;
 use crate::protocol::messages::{ErrorFields, Severity};
 use crate::protocol::sqlstate;
+use crate::protocol::{CancelKey, StartupParams};
 use crate::shutdown::Shutdown;
 use crate::target::Target;
 
@@ -85,19 +85,20 @@ pub(super) async fn write_flush(client: &mut ClientStream, bytes: &[u8]) -> Resu
 /// A checkout slower than this earns the client a notice saying why it waits.
 const NOTICE_AFTER: Duration = Duration::from_secs(1);
 
-/// Checks out a connection; if that takes a while (a compute waking up, a full pool), tells
-/// the client once with a NoticeResponse rather than leave it wondering. `owed` holds what the
-/// client is to receive before any notice; it is sent (and cleared) only if a notice is due.
+/// Checks out a connection carrying `settings`; if that takes a while (a compute waking up, a
+/// full pool), tells the client once with a NoticeResponse rather than leave it wondering.
+/// `owed` holds what the client is to receive before any notice; it is sent (and cleared) only
+/// if a notice is due.
 pub(super) async fn checkout_with_notice(
     client: &mut ClientStream,
     pool: &Arc<Pool>,
-    request: &SessionRequest,
+    settings: &StartupParams,
     entry: &ClientEntry,
     owed: &mut BytesMut,
 ) -> Result<Lease, SessionError> {
     entry.update(|info| info.state = "waiting");
     let _waiting = metrics::WaitingClient::new(&pool.upstream().label);
-    let checkout = pool.checkout(&request.params);
+    let checkout = pool.checkout(settings);
     tokio::pin!(checkout);
     if let Ok(result) = tokio::time::timeout(NOTICE_AFTER, &mut checkout).await {
         return Ok(result?);

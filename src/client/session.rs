@@ -132,7 +132,7 @@ async fn eager_session(
     // AuthenticationOk ahead, as a server whose backend is still starting would.
     let mut greeting = BytesMut::new();
     request.write_authentication(&mut greeting);
-    let mut lease = checkout_with_notice(client, pool, request, entry, &mut greeting).await?;
+    let mut lease = checkout_with_notice(client, pool, &request.params, entry, &mut greeting).await?;
     let connection = lease.connection();
     let key = connection.key();
     write_ready(&mut greeting, connection.server_params().iter().map(|(n, v)| (n.as_str(), v.as_str())), key);
@@ -168,7 +168,7 @@ async fn lazy_session(
     }
     // Boxed: an idle lazy session's task then holds only what waiting needs, not the space
     // the checkout and the relay take (see BENCHMARKS.md, idle clients).
-    let mut lease = Box::pin(checkout_with_notice(client, pool, request, entry, &mut BytesMut::new())).await?;
+    let mut lease = Box::pin(checkout_with_notice(client, pool, &request.params, entry, &mut BytesMut::new())).await?;
     // Where the server's own values differ from what the greeting guessed (DateStyle written
     // another way, a setting reported differently), tell the client now, as a server would
     // after a SET.

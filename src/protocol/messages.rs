@@ -194,6 +194,11 @@ mod field {
     pub const HINT: u8 = b'H';
 }
 
+/// The SQLSTATE of an ErrorResponse or NoticeResponse body, without parsing the rest.
+pub fn error_code(body: &[u8]) -> Option<&[u8]> {
+    body.split(|&b| b == 0).find_map(|field| field.strip_prefix(&[field::CODE]))
+}
+
 /// The fields of an ErrorResponse or NoticeResponse that the proxy writes or reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorFields {

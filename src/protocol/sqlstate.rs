@@ -12,6 +12,8 @@ pub const PROTOCOL_VIOLATION: &str = "08P01";
 pub const CONNECTION_EXCEPTION_CLASS: &str = "08";
 /// The client asked for something the proxy does not do.
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+/// A statement other than ROLLBACK in a transaction that failed.
+pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
 /// A prepared statement a client names does not exist.
 pub const UNDEFINED_PREPARED_STATEMENT: &str = "26000";
 /// Credentials are missing or refused.

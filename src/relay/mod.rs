@@ -33,8 +33,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::protocol::{backend, frontend, messages};
 use crate::upstream::{
-    Delivery, PreparedStatements, ProtocolState, Sent, ServerConnection, Settled, StatementId, Token, UnnamedOwner,
-    server_statement_name,
+    Delivery, PreparedStatements, ProtocolState, RelayParts, Sent, ServerConnection, Settled, StatementEffect,
+    StatementId, Token, UnnamedOwner, server_statement_name,
 };
 use pipe::{Pipe, PumpEnd, PumpError, Scan, Splice, Verdict};
 
@@ -87,10 +87,10 @@ pub trait Hook {
         false
     }
 
-    /// Whether the server's CommandComplete tags are read, so that a `DISCARD ALL` or
-    /// `DEALLOCATE ALL` among the client's statements is seen to drop the statements the
-    /// server had prepared.
-    fn reads_command_tags(&self) -> bool {
+    /// Whether the server's CommandComplete and ErrorResponse bodies are read, to follow what
+    /// happens to its prepared statements: a `DISCARD ALL` or `DEALLOCATE ALL` among the
+    /// client's statements drops them, an `0A000` on a Bind makes one stale.
+    fn follows_statements(&self) -> bool {
         false
     }
 
@@ -168,7 +168,7 @@ impl Insert<'_> {
         let mut body = vec![frontend::OF_STATEMENT];
         body.extend_from_slice(server_statement_name(id).as_bytes());
         body.push(0);
-        self.message(frontend::CLOSE, &body, None);
+        self.message(frontend::CLOSE, &body, StatementEffect::None);
         self.prepared.forget(id);
     }
 
@@ -185,24 +185,24 @@ impl Insert<'_> {
 
     /// Sends a message of type `tag` with `body` to the server ahead of the client's message.
     /// Its replies are kept from the client, except an ErrorResponse (see the module docs).
-    /// `prepares` names the statement a Parse prepares, recorded until it fails.
+    /// `effect` says what it does to the server's statements.
     ///
     /// Only extended-protocol messages (Parse, Bind, Describe, Execute, Close) may be inserted,
     /// and only ahead of an extended-protocol message or a Sync: if one fails, the server skips
     /// to the next Sync, and that must be one the client sends. A Close of a statement cannot
     /// fail and may also go ahead of a Query.
-    pub fn message(&mut self, tag: u8, body: &[u8], prepares: Option<StatementId>) {
+    pub fn message(&mut self, tag: u8, body: &[u8], effect: StatementEffect) {
         debug_assert!(is_extended(tag), "only extended-protocol messages are inserted, not '{}'", tag.escape_ascii());
-        if self.protocol.sent(tag, Sent::proxy().preparing(prepares), self.prepared) {
+        if self.protocol.sent(tag, Sent::proxy().affecting(effect), self.prepared) {
             messages::raw(self.out, tag, body);
         }
     }
 
     /// Sends the client's message rewritten: a message of type `tag` whose body is `head`
     /// followed by the client's body from [`Decision::Rewrite`]'s `cut` on (`rest` bytes). Its
-    /// replies go to the client.
-    pub fn rewrite(&mut self, tag: u8, head: &[u8], rest: usize, prepares: Option<StatementId>) {
-        self.protocol.sent(tag, Sent::client().preparing(prepares).tracked(self.token.take()), self.prepared);
+    /// replies go to the client; `effect` says what it does to the server's statements.
+    pub fn rewrite(&mut self, tag: u8, head: &[u8], rest: usize, effect: StatementEffect) {
+        self.protocol.sent(tag, Sent::client().affecting(effect).tracked(self.token.take()), self.prepared);
         self.out.put_u8(tag);
         self.out.put_u32((4 + head.len() + rest) as u32);
         self.out.extend_from_slice(head);
@@ -283,21 +283,31 @@ impl<H: Hook> Scan for FromClient<'_, H> {
 }
 
 /// Server messages, read by header alone except ReadyForQuery, whose status byte counts, and
-/// CommandComplete when the hook reads command tags.
+/// CommandComplete, ErrorResponse and ParameterStatus (recorded on the connection) when the
+/// hook follows statements.
 struct FromServer<'a, H> {
     hook: &'a mut H,
     protocol: &'a mut ProtocolState,
     prepared: &'a mut PreparedStatements,
+    params: &'a mut Vec<(String, String)>,
     counts: &'a mut Counts,
 }
 
 impl<H: Hook> Scan for FromServer<'_, H> {
     fn wants_body(&self, tag: u8) -> bool {
-        tag == backend::READY_FOR_QUERY || (tag == backend::COMMAND_COMPLETE && self.hook.reads_command_tags())
+        tag == backend::READY_FOR_QUERY
+            || (matches!(tag, backend::COMMAND_COMPLETE | backend::ERROR_RESPONSE | backend::PARAMETER_STATUS)
+                && self.hook.follows_statements())
     }
 
     fn message(&mut self, tag: u8, body: Option<&[u8]>, _len: usize, splice: &mut Splice) -> Verdict {
         self.counts.server_messages += 1;
+        if tag == backend::PARAMETER_STATUS
+            && let Some(body) = body
+        {
+            let (name, value) = messages::read_parameter_status(body);
+            messages::record_parameter(self.params, name, value);
+        }
         let delivery = self.protocol.server_sent(tag, body.unwrap_or_default(), self.prepared);
         if !self.protocol.local_replies.is_empty() {
             splice.after.extend_from_slice(&self.protocol.local_replies);
@@ -370,13 +380,13 @@ impl<H: Hook> Relay<H> {
         from_client: &[u8],
         from_upstream: &[u8],
     ) -> io::Result<()> {
-        let (_, protocol, prepared) = server.relay_parts();
+        let RelayParts { protocol, prepared, params, .. } = server.relay_parts();
         self.to_client.preload(from_upstream);
         self.to_upstream.preload(from_client);
         // The server's bytes were read first: they cannot answer what the client sends now.
         let Relay { to_upstream, to_client, hook, counts, .. } = self;
         let scanned = to_client
-            .scan(&mut FromServer { hook, protocol, prepared, counts })
+            .scan(&mut FromServer { hook, protocol, prepared, params, counts })
             .and_then(|()| to_upstream.scan(&mut FromClient { hook, protocol, prepared }));
         move_local_replies(protocol, to_client);
         if scanned.is_err() {
@@ -393,8 +403,8 @@ impl<H: Hook> Relay<H> {
         C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
         poll_fn(|cx| {
-            let (stream, protocol, prepared) = server.relay_parts();
-            let polled = self.poll_run(cx, client, stream, protocol, prepared);
+            let RelayParts { stream, protocol, prepared, params } = server.relay_parts();
+            let polled = self.poll_run(cx, client, stream, protocol, prepared, params);
             protocol.between_messages =
                 self.to_upstream.delivered_to_message_boundary() && self.to_client.read_to_message_boundary();
             if let Poll::Ready(end) = &polled
@@ -414,6 +424,7 @@ impl<H: Hook> Relay<H> {
         upstream: &mut U,
         protocol: &mut ProtocolState,
         prepared: &mut PreparedStatements,
+        params: &mut Vec<(String, String)>,
     ) -> Poll<RelayEnd>
     where
         C: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -440,7 +451,7 @@ impl<H: Hook> Relay<H> {
             }
             let server_messages = counts.server_messages;
             let inbound = to_client.poll_pump(cx, upstream, client, |pipe| {
-                pipe.scan(&mut FromServer { hook, protocol, prepared, counts })
+                pipe.scan(&mut FromServer { hook, protocol, prepared, params, counts })
             });
             match inbound {
                 // A held client message may be decided now that replies came.

@@ -170,7 +170,7 @@ impl Hook for PrepareOnBind {
         let statement = body.split(|&b| b == 0).nth(1).unwrap();
         assert_eq!(statement, b"S1", "the tests bind statement S1, prepared as statement 1");
         if !insert.prepared().contains(1) {
-            insert.message(frontend::PARSE, &[statement, b"\0SELECT 1\0\0\0"].concat(), Some(1));
+            insert.message(frontend::PARSE, &[statement, b"\0SELECT 1\0\0\0"].concat(), StatementEffect::Prepares(1));
         }
         Decision::Forward
     }

@@ -10,6 +10,16 @@ use super::stream::{ServerStream, read_server_message};
 use crate::protocol::messages::{self, ErrorFields};
 use crate::protocol::{CancelKey, StartupParams, TransactionStatus, backend};
 
+/// A server connection taken apart for the relay: the transport, and the state the relay keeps
+/// current on it.
+pub(crate) struct RelayParts<'a> {
+    pub(crate) stream: &'a mut ServerStream,
+    pub(crate) protocol: &'a mut ProtocolState,
+    pub(crate) prepared: &'a mut PreparedStatements,
+    /// Current ParameterStatus values.
+    pub(crate) params: &'a mut Vec<(String, String)>,
+}
+
 /// A logged-in upstream connection, and what is known of the session on it: its settings,
 /// the statements the proxy prepared, and the replies it owes. The relay keeps the last two
 /// current, and they carry from one client to the next.
@@ -119,8 +129,13 @@ impl ServerConnection {
     }
 
     /// The transport and the state the relay keeps current on it, apart, for the relay.
-    pub(crate) fn relay_parts(&mut self) -> (&mut ServerStream, &mut ProtocolState, &mut PreparedStatements) {
-        (&mut self.stream, &mut self.protocol, &mut self.prepared)
+    pub(crate) fn relay_parts(&mut self) -> RelayParts<'_> {
+        RelayParts {
+            stream: &mut self.stream,
+            protocol: &mut self.protocol,
+            prepared: &mut self.prepared,
+            params: &mut self.server_params,
+        }
     }
 
     /// Takes bytes already read from the server that the relay must see first.

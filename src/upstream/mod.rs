@@ -12,9 +12,13 @@ mod state;
 mod stream;
 
 pub use connect::{Endpoint, MovableHost};
+pub(crate) use connection::RelayParts;
 pub use connection::ServerConnection;
 pub use connector::{Connect, Connector, HostResolver};
 pub use error::ConnectError;
 pub(crate) use state::{Delivery, Sent};
-pub use state::{PreparedStatements, ProtocolState, Settled, StatementId, Token, UnnamedOwner, server_statement_name};
+pub use state::{
+    PreparedStatements, ProtocolState, Settled, StatementEffect, StatementId, Token, UnnamedOwner,
+    server_statement_name,
+};
 pub use stream::{ServerStream, UpstreamStream};

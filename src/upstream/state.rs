@@ -35,11 +35,11 @@
 //! client's CopyDone or CopyFail (or an error that ends the COPY), Syncs the client sends owe
 //! nothing, including those already queued when the CopyInResponse arrives.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::protocol::{TransactionStatus, backend, frontend};
+use crate::protocol::{TransactionStatus, backend, frontend, messages, sqlstate};
 
 /// A statement as the proxy prepares it on server connections, whatever the clients call it;
 /// see [`server_statement_name`]. Ids are never reused.
@@ -62,6 +62,9 @@ pub struct PreparedStatements {
     clock: u64,
     /// Whose unnamed statement the server holds, as the hook that sent it labelled it.
     unnamed: Option<UnnamedOwner>,
+    /// Statements whose plan the server refused to use after the tables under them changed
+    /// (`0A000 cached plan must not change result type`): prepared again before their next use.
+    stale: HashSet<StatementId>,
 }
 
 /// Who sent the Parse of the unnamed statement a server holds: a client's id and which of its
@@ -79,6 +82,11 @@ impl PreparedStatements {
     /// Whether the server has statement `id`, or has a Parse of it on the way.
     pub fn contains(&self, id: StatementId) -> bool {
         self.entries.contains_key(&id)
+    }
+
+    /// Whether the server's copy of `id` must be closed and prepared again before it is used.
+    pub fn is_stale(&self, id: StatementId) -> bool {
+        self.stale.contains(&id)
     }
 
     /// Notes a use of `id`, for the least-recently-used order.
@@ -119,16 +127,19 @@ impl PreparedStatements {
     pub(crate) fn record(&mut self, id: StatementId, since: u64) {
         self.clock += 1;
         self.entries.insert(id, Prepared { since, last_used: self.clock });
+        self.stale.remove(&id);
     }
 
     /// Notes that the server no longer has statement `id`.
     pub(crate) fn forget(&mut self, id: StatementId) {
         self.entries.remove(&id);
+        self.stale.remove(&id);
     }
 
     /// Notes that the server has none (after `DISCARD ALL` or `DEALLOCATE ALL`).
     pub(crate) fn forget_all(&mut self) {
         self.entries.clear();
+        self.stale.clear();
         self.unnamed = None;
     }
 
@@ -137,6 +148,8 @@ impl PreparedStatements {
     /// stay.
     fn forget_before(&mut self, sequence: u64) {
         self.entries.retain(|_, entry| entry.since > sequence);
+        let entries = &self.entries;
+        self.stale.retain(|id| entries.contains_key(id));
     }
 }
 
@@ -146,13 +159,31 @@ pub(crate) const DROPS_ALL_STATEMENTS: [&[u8]; 2] = [b"DISCARD ALL", b"DEALLOCAT
 /// What the server did with a message that carried a [`Token`], for the hook that sent it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
-    /// The message succeeded (its last reply came), or, for a reply the proxy made itself,
-    /// that reply went out.
-    Done(Token),
+    /// The message succeeded (its last reply came; for a Sync, Query or FunctionCall, its
+    /// ReadyForQuery, with no error in what it answers), or, for a reply the proxy made
+    /// itself, that reply went out. With the transaction status then.
+    Done(Token, TransactionStatus),
     /// The message failed or the server skipped it after an earlier error.
     Failed(Token),
-    /// The message (a `DISCARD ALL` or `DEALLOCATE ALL`) dropped every prepared statement.
-    DroppedStatements(Token),
+    /// A `DISCARD ALL` or `DEALLOCATE ALL`, sent as the message with this sequence number
+    /// (see [`ProtocolState::sequence`]), dropped every statement prepared before it.
+    DroppedStatements(u64),
+}
+
+/// What a message does to the statements a server connection has prepared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StatementEffect {
+    /// Nothing.
+    #[default]
+    None,
+    /// A Parse of the statement: recorded at once, forgotten if it fails or is skipped.
+    Prepares(StatementId),
+    /// A Parse that prepares again a statement the server had, right after a Close of it: if
+    /// both are skipped after an earlier error, the server still has its old copy.
+    Replaces(StatementId),
+    /// A Bind or Describe of the statement: if the server says its plan no longer fits
+    /// (`0A000`), its copy is stale.
+    Uses(StatementId),
 }
 
 /// A mark a hook puts on a message to hear what became of it (see [`Settled`]).
@@ -248,10 +279,12 @@ struct Owed {
     sender: Sender,
     /// Sequence number of the message.
     sequence: u64,
-    /// The statement a Parse prepares, recorded in [`PreparedStatements`] until it fails.
-    prepares: Option<StatementId>,
+    /// What it does to the server's statements.
+    effect: StatementEffect,
     /// Reported to the hook as [`Settled`].
     token: Option<Token>,
+    /// For a sync point: an error came in what it answers (its batch, or its query).
+    errored: bool,
 }
 
 /// Whether a server message goes on to the client.
@@ -266,7 +299,7 @@ pub(crate) enum Delivery {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Sent {
     sender: Option<Sender>,
-    prepares: Option<StatementId>,
+    effect: StatementEffect,
     token: Option<Token>,
 }
 
@@ -291,9 +324,9 @@ impl Sent {
         Sent { sender: Some(Sender::Refused(error)), ..Sent::default() }
     }
 
-    /// The same, preparing statement `id` (if any).
-    pub(crate) fn preparing(self, id: Option<StatementId>) -> Sent {
-        Sent { prepares: id, ..self }
+    /// The same, with `effect` on the server's statements.
+    pub(crate) fn affecting(self, effect: StatementEffect) -> Sent {
+        Sent { effect, ..self }
     }
 
     /// The same, carrying `token` (if any).
@@ -320,6 +353,8 @@ pub struct ProtocolState {
     copy_in: bool,
     /// Sequence number of the client's last CopyDone or CopyFail.
     copy_ended: u64,
+    /// An error ended the batch whose Sync is not sent yet.
+    batch_failed: bool,
     transaction_status: TransactionStatus,
     /// Type of the last message the server sent.
     last_message_type: u8,
@@ -344,6 +379,7 @@ impl Default for ProtocolState {
             flushed: true,
             copy_in: false,
             copy_ended: 0,
+            batch_failed: false,
             transaction_status: TransactionStatus::Idle,
             last_message_type: 0,
             local_replies: BytesMut::new(),
@@ -450,20 +486,19 @@ impl ProtocolState {
                 self.settled.push(Settled::Failed(token));
             }
             return false;
-        } else if !request.is_sync_point() {
+        } else if request.is_sync_point() {
+            // A Query or FunctionCall ends the implicit transaction of the messages before it.
+            self.unsynced = false;
+        } else {
             self.unsynced = true;
         }
-        if let Some(id) = sent.prepares {
+        if let StatementEffect::Prepares(id) | StatementEffect::Replaces(id) = sent.effect {
             prepared.record(id, self.sequence);
         }
         let sender = sent.sender.unwrap_or(Sender::Client);
-        self.owed.push_back(Owed {
-            request,
-            sender,
-            sequence: self.sequence,
-            prepares: sent.prepares,
-            token: sent.token,
-        });
+        let errored = request == Request::Sync && std::mem::take(&mut self.batch_failed);
+        let (sequence, effect, token) = (self.sequence, sent.effect, sent.token);
+        self.owed.push_back(Owed { request, sender, sequence, effect, token, errored });
         self.answer_locally();
         true
     }
@@ -485,7 +520,7 @@ impl ProtocolState {
                         self.settle(owed, true);
                         break;
                     }
-                    self.abandon(owed, prepared);
+                    self.abandon(owed, false, prepared);
                 }
                 delivery
             }
@@ -502,14 +537,27 @@ impl ProtocolState {
                     self.local_replies.extend_from_slice(error);
                     delivery = Delivery::Swallow;
                 }
+                if let Some(Owed { effect: StatementEffect::Uses(id), .. }) = self.owed.front()
+                    && messages::error_code(body) == Some(sqlstate::FEATURE_NOT_SUPPORTED.as_bytes())
+                {
+                    // "cached plan must not change result type": the tables under the
+                    // statement changed, and only a new Parse gives it a plan again.
+                    prepared.stale.insert(*id);
+                }
                 if self.owed.front().is_some_and(|owed| !owed.request.is_sync_point()) {
+                    let mut failed = true;
                     while let Some(owed) = self.owed.front()
                         && owed.request != Request::Sync
                     {
                         let owed = self.owed.pop_front().expect("front exists");
-                        self.abandon(owed, prepared);
+                        self.abandon(owed, failed, prepared);
+                        failed = false;
                     }
                     self.skipping = self.owed.is_empty();
+                    self.batch_failed = self.skipping;
+                }
+                if let Some(owed) = self.owed.front_mut() {
+                    owed.errored = true;
                 }
                 delivery
             }
@@ -521,9 +569,7 @@ impl ProtocolState {
                     && DROPS_ALL_STATEMENTS.contains(&body.strip_suffix(b"\0").unwrap_or(body))
                 {
                     prepared.forget_before(owed.sequence);
-                    if let Some(token) = owed.token {
-                        self.settled.push(Settled::DroppedStatements(token));
-                    }
+                    self.settled.push(Settled::DroppedStatements(owed.sequence));
                 }
                 match owed.request.answer(tag) {
                     Answer::Foreign => Delivery::Forward,
@@ -572,14 +618,23 @@ impl ProtocolState {
 
     fn settle(&mut self, owed: Owed, done: bool) {
         if let Some(token) = owed.token {
-            self.settled.push(if done { Settled::Done(token) } else { Settled::Failed(token) });
+            let done = done && !owed.errored;
+            self.settled.push(if done {
+                Settled::Done(token, self.transaction_status)
+            } else {
+                Settled::Failed(token)
+            });
         }
     }
 
-    /// Drops a request whose answer will not come (skipped after an error, or ended by one).
-    fn abandon(&mut self, owed: Owed, prepared: &mut PreparedStatements) {
-        if let Some(id) = owed.prepares {
-            prepared.forget(id);
+    /// Drops a request whose answer will not come: it `failed`, or the server skipped it
+    /// after an earlier error.
+    fn abandon(&mut self, owed: Owed, failed: bool, prepared: &mut PreparedStatements) {
+        match owed.effect {
+            StatementEffect::Prepares(id) => prepared.forget(id),
+            // Skipped with the Close before it: the old copy is still there.
+            StatementEffect::Replaces(id) if failed => prepared.forget(id),
+            StatementEffect::Replaces(_) | StatementEffect::Uses(_) | StatementEffect::None => {}
         }
         self.settle(owed, false);
     }
@@ -598,8 +653,8 @@ mod tests {
             match bytes[0] {
                 b'>' => state.client_sent(bytes[1], prepared),
                 b'+' => {
-                    let prepares = (bytes[1] == b'P').then_some(1);
-                    state.sent(bytes[1], Sent::proxy().preparing(prepares), prepared);
+                    let effect = if bytes[1] == b'P' { StatementEffect::Prepares(1) } else { StatementEffect::None };
+                    state.sent(bytes[1], Sent::proxy().affecting(effect), prepared);
                 }
                 b'<' => {
                     if state.server_sent(bytes[1], &bytes[2..], prepared) == Delivery::Forward {

@@ -3,32 +3,29 @@
 //! prepared where they are missing, replies the server cannot give answered in place, and the
 //! SQL that ties a session to its server noticed.
 //!
-//! A client's names live here, with the client; what a server has prepared lives with the
-//! server connection ([`PreparedStatements`]). A client's Parse of a statement the server
-//! already has is answered with a ParseComplete of the proxy's own, in order; a Bind or
-//! Describe of a statement the server lacks is preceded by a Parse of the proxy's own, whose
-//! reply the client never sees. Errors PostgreSQL would give about names (already exists,
-//! does not exist) are given by sending the server a message that fails in its place, so the
-//! server ends the transaction and skips to the Sync exactly as it would have.
-//!
-//! Name changes take effect when the server's reply says they happened (a failed or skipped
-//! Parse creates no name). Within one batch that needs no waiting: if an earlier message
-//! fails, the server skips the rest of the batch anyway. A message that depends on the
-//! outcome of a message in an earlier batch still unanswered is held until that answer
-//! comes.
+//! A client's names live with the client ([`Names`]); what a server has prepared lives with
+//! the server connection ([`PreparedStatements`](crate::upstream::PreparedStatements)). A
+//! client's Parse always reaches the server, so the plan it gets is as fresh as a direct
+//! connection's (after a DDL the server's old copy is closed first); a Bind or Describe of a
+//! statement the server lacks is preceded by a Parse of the proxy's own, whose reply the
+//! client never sees. A Close of a name is answered in place: other clients may share the
+//! server's statement. Errors PostgreSQL would give about names (already exists, does not
+//! exist) are given by sending the server a message that fails in its place, so the server
+//! ends the transaction and skips to the Sync exactly as it would have.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::names::{Lookup, Names};
+use super::settings::{Batch, Changes, Outcome, Settings};
 use crate::metrics;
 use crate::pool::{Pool, Statement};
 use crate::protocol::messages::{self, ErrorFields, Severity};
-use crate::protocol::{backend, frontend, sqlstate};
+use crate::protocol::{StartupParams, TransactionStatus, backend, frontend, sqlstate};
 use crate::relay::{Decision, Hook, Insert};
 use crate::sql::{self, PinReason};
-use crate::upstream::{Settled, Token, server_statement_name};
+use crate::upstream::{Settled, StatementEffect, server_statement_name};
 
 /// A statement name no client can reach (client names are always mapped), used to make the
 /// server fail in place of a message the proxy refuses.
@@ -41,68 +38,29 @@ pub(super) struct TransactionHook {
     pool: Arc<Pool>,
     /// Most statements a server connection keeps.
     max_prepared: usize,
-    names: HashMap<Box<[u8]>, Named>,
-    unnamed: Option<Unnamed>,
-    pending: HashMap<Token, Pending>,
-    next_token: Token,
+    pub(super) names: Names,
+    pub(super) settings: Settings,
+    /// The settings changes of the batch being sent.
+    batch: Batch,
     /// Messages of the client seen so far.
     sequence: u64,
-    /// Syncs of the client seen so far: the batch its messages belong to.
-    batch: u64,
     /// Why the client must keep its server connection, once it must.
     pin: Option<PinReason>,
     cache: metrics::StatementCache,
 }
 
-/// A statement name of the client's.
-struct Named {
-    statement: Arc<Statement>,
-    /// The client's message that created it.
-    since: u64,
-    /// Its Parse is unanswered: (batch, token).
-    pending: Option<(u64, Token)>,
-    /// A Close of it is unanswered: (batch, token).
-    closing: Option<(u64, Token)>,
-}
-
-/// Where a name stands for a message of the current batch.
-enum Lookup {
-    Found(Arc<Statement>),
-    /// No such name (or it is closed earlier in this batch).
-    Absent,
-    /// It depends on a reply to an earlier batch.
-    Unsettled,
-}
-
-/// The client's unnamed statement: its definition, to prepare it again on another server.
-struct Unnamed {
-    definition: Bytes,
-    /// The client's message that created it.
-    since: u64,
-}
-
-/// What a tokened message does to the client's names once settled.
-enum Pending {
-    Prepare(Box<[u8]>),
-    Close(Box<[u8]>),
-    Unnamed(u64),
-    DropAll(u64),
-}
-
 impl TransactionHook {
-    pub(super) fn new(client: u64, pool: Arc<Pool>) -> TransactionHook {
+    pub(super) fn new(client: u64, pool: Arc<Pool>, startup: StartupParams) -> TransactionHook {
         let max_prepared = pool.upstream().settings().max_prepared_statements;
         TransactionHook {
             client,
             cache: metrics::StatementCache::new(&pool.upstream().label),
             pool,
             max_prepared,
-            names: HashMap::new(),
-            unnamed: None,
-            pending: HashMap::new(),
-            next_token: 0,
+            names: Names::default(),
+            settings: Settings::new(startup),
+            batch: Batch::default(),
             sequence: 0,
-            batch: 0,
             pin: None,
         }
     }
@@ -112,31 +70,54 @@ impl TransactionHook {
         self.pin
     }
 
-    /// Pins the client (the first reason is the one kept).
-    pub(super) fn pin(&mut self, reason: PinReason) {
+    fn pin(&mut self, reason: PinReason) {
         self.pin.get_or_insert(reason);
     }
 
-    fn token(&mut self, pending: Pending) -> Token {
-        self.next_token = self.next_token.wrapping_add(1);
-        self.pending.insert(self.next_token, pending);
-        self.next_token
-    }
-
-    /// Notes what `sql` does to the session.
-    fn read_sql(&mut self, sql: &[u8]) -> bool {
-        let mut drops_statements = false;
-        for statement in sql::classify(&String::from_utf8_lossy(sql)) {
-            match statement {
-                sql::Statement::Pin(reason) => self.pin(reason),
-                sql::Statement::Set { .. } | sql::Statement::Reset { .. } | sql::Statement::ResetAll => {
-                    self.pin(PinReason::UntrackedSet)
-                }
-                sql::Statement::DeallocateAll | sql::Statement::DiscardAll => drops_statements = true,
-                sql::Statement::Deallocate(_) | sql::Statement::Plain => {}
+    /// Notes what `sql` does to the session: pins it, or returns the settings it changes (to
+    /// track once they take effect), with its statements.
+    fn read_sql(&mut self, sql: &[u8]) -> (Vec<sql::Statement>, Option<Changes>) {
+        let statements = sql::classify(&String::from_utf8_lossy(sql));
+        for statement in &statements {
+            if let sql::Statement::Pin(reason) = statement {
+                self.pin(*reason);
             }
         }
-        drops_statements
+        let changes = match self.settings.outcome(&statements) {
+            Outcome::Nothing => None,
+            Outcome::Track(changes) => Some(changes),
+            Outcome::Pin => {
+                self.pin(PinReason::UntrackedSet);
+                None
+            }
+        };
+        (statements, changes)
+    }
+
+    /// Pins the client where its settings changes took effect inside a transaction block.
+    fn apply_settings(&mut self, changes: &[super::settings::Change], status: TransactionStatus) {
+        if !self.settings.apply(changes, status) {
+            self.pin(PinReason::UntrackedSet);
+        }
+    }
+
+    /// Takes a Parse while the client has no server connection (see
+    /// [`answer_without_server`](super::answer_without_server)): the name is the client's at
+    /// once, and the statement is prepared where it is first used. A name already in use is
+    /// PostgreSQL's error.
+    pub(super) fn parse_without_server(&mut self, body: &[u8]) -> Result<(), ErrorFields> {
+        self.sequence += 1;
+        let (name, definition) = split_cstr(body).unwrap_or((body, &[]));
+        let changes = split_cstr(definition).and_then(|(query, _)| self.read_sql(query).1);
+        if name.is_empty() {
+            self.names.set_unnamed(Some(definition), changes, self.sequence);
+            return Ok(());
+        }
+        if let Lookup::Found(..) | Lookup::Unsettled = self.names.lookup(name) {
+            return Err(already_exists(name));
+        }
+        self.names.add(name, self.pool.statements().statement(definition), changes);
+        Ok(())
     }
 
     /// The server's statements are capped: while nothing is owed, the least recently used go.
@@ -148,103 +129,64 @@ impl TransactionHook {
         }
     }
 
-    /// Makes sure the server has `statement`, preparing it ahead if not.
+    /// Makes sure the server has a usable copy of `statement`, preparing it ahead if not.
     fn ensure_prepared(&self, statement: &Statement, insert: &mut Insert<'_>) {
-        if insert.prepared().contains(statement.id) {
-            insert.touch(statement.id);
+        let id = statement.id;
+        if insert.prepared().contains(id) && !insert.prepared().is_stale(id) {
+            insert.touch(id);
             self.cache.hit.increment(1);
-        } else {
-            insert.message(frontend::PARSE, &statement.parse_body(), Some(statement.id));
-            self.cache.miss.increment(1);
+            return;
         }
+        self.cache.miss.increment(1);
+        let effect = if insert.prepared().contains(id) {
+            insert.message(frontend::CLOSE, &close_body(id), StatementEffect::None);
+            StatementEffect::Replaces(id)
+        } else {
+            StatementEffect::Prepares(id)
+        };
+        insert.message(frontend::PARSE, &statement.parse_body(), effect);
     }
 
     /// Makes the server's unnamed statement the client's own before a Bind or Describe of it.
     fn ensure_unnamed(&self, insert: &mut Insert<'_>) {
         let owner = insert.prepared().unnamed_owner();
-        match &self.unnamed {
-            Some(unnamed) if owner != Some((self.client, unnamed.since)) => {
+        match self.names.unnamed() {
+            Some(unnamed) if owner != Some((self.client, unnamed.generation)) => {
                 let mut body = BytesMut::with_capacity(1 + unnamed.definition.len());
                 body.extend_from_slice(b"\0");
                 body.extend_from_slice(&unnamed.definition);
-                insert.message(frontend::PARSE, &body, None);
-                insert.set_unnamed_owner(Some((self.client, unnamed.since)));
+                insert.message(frontend::PARSE, &body, StatementEffect::None);
+                insert.set_unnamed_owner(Some((self.client, unnamed.generation)));
             }
             // Another client's unnamed statement must not be what this client binds: close it
             // and let the server say there is none.
             None if owner.is_some_and(|(client, _)| client != self.client) => {
-                insert.message(frontend::CLOSE, &[frontend::OF_STATEMENT, 0], None);
+                insert.message(frontend::CLOSE, &[frontend::OF_STATEMENT, 0], StatementEffect::None);
                 insert.set_unnamed_owner(None);
             }
             _ => {}
         }
     }
 
-    /// Where the client's name `name` stands. Within one batch a change counts at once: if
-    /// the message that made it fails, the server skips the rest of the batch anyway.
-    fn lookup(&self, name: &[u8]) -> Lookup {
-        let Some(named) = self.names.get(name) else { return Lookup::Absent };
-        let unsettled = |change: Option<(u64, Token)>| change.is_some_and(|(batch, _)| batch != self.batch);
-        if unsettled(named.pending) || unsettled(named.closing) {
-            Lookup::Unsettled
-        } else if named.closing.is_some() {
-            Lookup::Absent
-        } else {
-            Lookup::Found(named.statement.clone())
-        }
-    }
-
-    /// Takes a Parse while the client has no server connection (see
-    /// [`answer_without_server`](super::answer_without_server)): the name is the client's at
-    /// once, and the statement is prepared where it is first used. A name already in use is
-    /// PostgreSQL's error.
-    pub(super) fn parse_without_server(&mut self, body: &[u8]) -> Result<(), ErrorFields> {
-        self.sequence += 1;
-        let (name, definition) = split_cstr(body).unwrap_or((body, &[]));
-        if let Some((query, _)) = split_cstr(definition) {
-            self.read_sql(query);
-        }
-        if name.is_empty() {
-            self.unnamed = Some(Unnamed { definition: Bytes::copy_from_slice(definition), since: self.sequence });
-            return Ok(());
-        }
-        if let Lookup::Found(_) | Lookup::Unsettled = self.lookup(name) {
-            let message = format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(name));
-            return Err(ErrorFields::new(Severity::Error, sqlstate::DUPLICATE_PREPARED_STATEMENT, message));
-        }
-        let statement = self.pool.statements().statement(definition);
-        self.names.insert(name.into(), Named { statement, since: self.sequence, pending: None, closing: None });
-        Ok(())
-    }
-
-    /// Counts a Sync the server never saw.
-    pub(super) fn sync_without_server(&mut self) {
-        self.sequence += 1;
-        self.batch += 1;
-    }
-
     fn parse(&mut self, body: &[u8], len: usize, insert: &mut Insert<'_>) -> Decision {
         let Some((name, definition)) = split_cstr(body) else { return Decision::Forward };
-        if let Some((query, _)) = split_cstr(definition) {
-            self.read_sql(query);
-        }
+        let changes = split_cstr(definition).and_then(|(query, _)| self.read_sql(query).1);
         if name.is_empty() {
-            self.unnamed = (body.len() == len)
-                .then(|| Unnamed { definition: Bytes::copy_from_slice(definition), since: self.sequence });
-            if self.unnamed.is_none() {
+            let whole = body.len() == len;
+            if !whole {
                 // Too long to keep for preparing again elsewhere: keep the server instead.
                 self.pin(PinReason::LongStatement);
             }
+            if let Some(token) = self.names.set_unnamed(whole.then_some(definition), changes, self.sequence) {
+                insert.track(token);
+            }
             insert.set_unnamed_owner(Some((self.client, self.sequence)));
-            let token = self.token(Pending::Unnamed(self.sequence));
-            insert.track(token);
             return Decision::Forward;
         }
-        match self.lookup(name) {
+        match self.names.lookup(name) {
             Lookup::Unsettled => return Decision::Hold,
-            Lookup::Found(_) => {
-                let message = format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(name));
-                return refuse(insert, sqlstate::DUPLICATE_PREPARED_STATEMENT, message);
+            Lookup::Found(..) => {
+                return refuse(insert, sqlstate::DUPLICATE_PREPARED_STATEMENT, already_exists(name).message);
             }
             Lookup::Absent => {}
         }
@@ -254,42 +196,45 @@ impl TransactionHook {
             return refuse(insert, sqlstate::PROGRAM_LIMIT_EXCEEDED, message.into());
         }
         let statement = self.pool.statements().statement(definition);
-        let name: Box<[u8]> = name.into();
-        let token = self.token(Pending::Prepare(name.clone()));
         let id = statement.id;
-        self.names.insert(
-            name.clone(),
-            Named { statement, since: self.sequence, pending: Some((self.batch, token)), closing: None },
-        );
+        // The client's own Parse always reaches the server, for a plan as fresh as a direct
+        // connection's: a copy the server has is closed first (its plan may predate a DDL).
+        let effect = if insert.prepared().contains(id) {
+            insert.message(frontend::CLOSE, &close_body(id), StatementEffect::None);
+            StatementEffect::Replaces(id)
+        } else {
+            StatementEffect::Prepares(id)
+        };
+        let token = self.names.add_pending(name, statement, changes, insert.protocol().sequence());
         insert.track(token);
-        if insert.prepared().contains(id) {
-            insert.touch(id);
-            self.cache.hit.increment(1);
-            insert.answer(frontend::PARSE, reply(backend::PARSE_COMPLETE));
-            return Decision::Drop;
-        }
-        self.cache.miss.increment(1);
         let mut head = server_statement_name(id).into_bytes();
         head.push(0);
-        insert.rewrite(frontend::PARSE, &head, len - name.len() - 1, Some(id));
+        insert.rewrite(frontend::PARSE, &head, len - name.len() - 1, effect);
         Decision::Rewrite { cut: name.len() + 1 }
     }
 
     /// A Bind or a Describe of a statement naming `name`, whose body starts with `lead` (the
     /// portal name and its NUL, or the Describe's kind byte) before the name.
     fn use_statement(&mut self, tag: u8, lead: &[u8], name: &[u8], len: usize, insert: &mut Insert<'_>) -> Decision {
+        let binds = tag == frontend::BIND;
         if name.is_empty() {
+            if binds {
+                self.batch.bind(self.names.unnamed().and_then(|unnamed| unnamed.changes.clone()));
+            }
             self.ensure_unnamed(insert);
             return Decision::Forward;
         }
-        match self.lookup(name) {
-            Lookup::Found(statement) => {
+        match self.names.lookup(name) {
+            Lookup::Found(statement, changes) => {
+                if binds {
+                    self.batch.bind(changes);
+                }
                 self.ensure_prepared(&statement, insert);
                 let mut head = lead.to_vec();
                 head.extend_from_slice(server_statement_name(statement.id).as_bytes());
                 head.push(0);
                 let cut = lead.len() + name.len() + 1;
-                insert.rewrite(tag, &head, len - cut, None);
+                insert.rewrite(tag, &head, len - cut, StatementEffect::Uses(statement.id));
                 Decision::Rewrite { cut }
             }
             Lookup::Absent => {
@@ -302,24 +247,68 @@ impl TransactionHook {
 
     fn close(&mut self, name: &[u8], insert: &mut Insert<'_>) -> Decision {
         if name.is_empty() {
-            self.unnamed = None;
+            self.names.set_unnamed(None, None, self.sequence);
             insert.set_unnamed_owner(None);
             return Decision::Forward;
         }
-        match self.lookup(name) {
-            Lookup::Found(_) => {
-                let token = self.token(Pending::Close(name.into()));
-                let batch = self.batch;
-                if let Some(named) = self.names.get_mut(name) {
-                    named.closing = Some((batch, token));
+        match self.names.lookup(name) {
+            Lookup::Found(..) => {
+                if let Some(token) = self.names.remove_pending(name) {
+                    insert.track(token);
                 }
-                insert.track(token);
             }
             Lookup::Unsettled => return Decision::Hold,
             // Closing a name that does not exist is no error.
             Lookup::Absent => {}
         }
         insert.answer(frontend::CLOSE, reply(backend::CLOSE_COMPLETE));
+        Decision::Drop
+    }
+
+    fn query(&mut self, body: &[u8], insert: &mut Insert<'_>) -> Decision {
+        // A simple query destroys the unnamed statement, the client's and the server's.
+        self.names.set_unnamed(None, None, self.sequence);
+        insert.set_unnamed_owner(None);
+        let idle = insert.protocol().is_idle();
+        let (statements, changes) = self.read_sql(split_cstr(body).map_or(body, |(sql, _)| sql));
+        if let [sql::Statement::Deallocate(name)] = statements.as_slice()
+            && insert.protocol().owes_nothing()
+            && let Lookup::Found(..) = self.names.lookup(name.as_bytes())
+        {
+            return self.deallocate(name.as_bytes(), insert);
+        }
+        match changes {
+            Some(changes) if idle => {
+                let token = self.names.settings_token(changes);
+                insert.track(token);
+            }
+            Some(_) => self.pin(PinReason::UntrackedSet),
+            None => {}
+        }
+        Decision::Forward
+    }
+
+    /// `DEALLOCATE name` of one of the client's protocol-level statements (PHP's PDO does
+    /// this), answered as PostgreSQL would: the server's statement may be shared, so it stays.
+    /// Only while nothing is owed, so the transaction status is known.
+    fn deallocate(&mut self, name: &[u8], insert: &mut Insert<'_>) -> Decision {
+        let status = insert.protocol().transaction_status();
+        let mut answer = BytesMut::new();
+        if status == TransactionStatus::Failed {
+            ErrorFields::new(
+                Severity::Error,
+                sqlstate::IN_FAILED_SQL_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            )
+            .write_error(&mut answer);
+        } else {
+            if let Some(token) = self.names.remove_pending(name) {
+                insert.track(token);
+            }
+            messages::command_complete(&mut answer, "DEALLOCATE");
+        }
+        messages::ready_for_query(&mut answer, status);
+        insert.answer(frontend::QUERY, answer.freeze());
         Decision::Drop
     }
 }
@@ -332,7 +321,7 @@ impl Hook for TransactionHook {
         )
     }
 
-    fn reads_command_tags(&self) -> bool {
+    fn follows_statements(&self) -> bool {
         true
     }
 
@@ -343,8 +332,19 @@ impl Hook for TransactionHook {
     fn before(&mut self, tag: u8, body: &[u8], len: usize, insert: &mut Insert<'_>) -> Decision {
         self.sequence += 1;
         if tag == frontend::SYNC {
-            self.batch += 1;
+            self.names.synced();
+            match self.batch.sync() {
+                Outcome::Track(changes) => {
+                    let token = self.names.settings_token(changes);
+                    insert.track(token);
+                }
+                Outcome::Pin => self.pin(PinReason::UntrackedSet),
+                Outcome::Nothing => {}
+            }
             return Decision::Forward;
+        }
+        if tag != frontend::QUERY {
+            self.batch.message(insert.protocol().is_idle());
         }
         // The server discards everything up to the Sync: there is nothing to map.
         if insert.protocol().skipping() {
@@ -354,88 +354,37 @@ impl Hook for TransactionHook {
         match tag {
             frontend::PARSE => self.parse(body, len, insert),
             frontend::BIND => match split_cstr(body).and_then(|(portal, rest)| Some((portal, split_cstr(rest)?.0))) {
-                Some((portal, name)) => {
-                    let lead = &body[..portal.len() + 1];
-                    self.use_statement(tag, lead, name, len, insert)
-                }
+                Some((portal, name)) => self.use_statement(tag, &body[..portal.len() + 1], name, len, insert),
                 None => Decision::Forward,
             },
-            frontend::DESCRIBE => match body.split_first() {
-                Some((&frontend::OF_STATEMENT, rest)) => match split_cstr(rest) {
-                    Some((name, _)) => self.use_statement(tag, &[frontend::OF_STATEMENT], name, len, insert),
-                    None => Decision::Forward,
-                },
-                _ => Decision::Forward,
+            frontend::DESCRIBE => match statement_name(body) {
+                Some(name) => self.use_statement(tag, &[frontend::OF_STATEMENT], name, len, insert),
+                None => Decision::Forward,
             },
-            frontend::CLOSE => match body.split_first() {
-                Some((&frontend::OF_STATEMENT, rest)) => match split_cstr(rest) {
-                    Some((name, _)) => self.close(name, insert),
-                    None => Decision::Forward,
-                },
-                _ => Decision::Forward,
+            frontend::CLOSE => match statement_name(body) {
+                Some(name) => self.close(name, insert),
+                None => Decision::Forward,
             },
-            frontend::QUERY => {
-                // A simple query destroys the unnamed statement, the client's and the server's.
-                self.unnamed = None;
-                insert.set_unnamed_owner(None);
-                if self.read_sql(split_cstr(body).map_or(body, |(sql, _)| sql)) {
-                    let token = self.token(Pending::DropAll(self.sequence));
-                    insert.track(token);
-                }
-                Decision::Forward
-            }
+            frontend::QUERY => self.query(body, insert),
             _ => Decision::Forward,
         }
     }
 
     fn settled(&mut self, settled: Settled) {
-        let (token, done) = match settled {
-            Settled::Done(token) => (token, true),
-            Settled::Failed(token) => (token, false),
-            Settled::DroppedStatements(token) => {
-                if let Some(Pending::DropAll(since)) = self.pending.get(&token) {
-                    let since = *since;
-                    self.names.retain(|_, named| named.since > since);
-                }
-                return;
-            }
-        };
-        let Some(pending) = self.pending.remove(&token) else { return };
-        match pending {
-            Pending::Prepare(name) => {
-                if let Some(named) = self.names.get_mut(&name)
-                    && named.pending.is_some_and(|(_, t)| t == token)
-                {
-                    if done {
-                        named.pending = None;
-                    } else {
-                        self.names.remove(&name);
-                    }
-                }
-            }
-            Pending::Close(name) => {
-                if let Some(named) = self.names.get_mut(&name)
-                    && named.closing.is_some_and(|(_, t)| t == token)
-                {
-                    if done {
-                        self.names.remove(&name);
-                    } else {
-                        named.closing = None;
-                    }
-                }
-            }
-            Pending::Unnamed(since) => {
-                if !done && self.unnamed.as_ref().is_some_and(|unnamed| unnamed.since == since) {
-                    self.unnamed = None;
-                }
-            }
-            Pending::DropAll(_) => {}
+        if let Some((changes, status)) = self.names.settled(settled) {
+            self.apply_settings(&changes, status);
         }
     }
 }
 
+/// PostgreSQL's error for a Parse of a name in use.
+fn already_exists(name: &[u8]) -> ErrorFields {
+    let message = format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(name));
+    ErrorFields::new(Severity::Error, sqlstate::DUPLICATE_PREPARED_STATEMENT, message)
+}
+
 /// Refuses the client's message with an error PostgreSQL would give in its place.
-pub(super) fn refuse(insert: &mut Insert<'_>, code: &str, message: String) -> Decision {
+fn refuse(insert: &mut Insert<'_>, code: &str, message: String) -> Decision {
     let mut error = BytesMut::new();
     ErrorFields::new(Severity::Error, code, message).write_error(&mut error);
     let mut probe = vec![frontend::OF_STATEMENT];
@@ -444,11 +393,27 @@ pub(super) fn refuse(insert: &mut Insert<'_>, code: &str, message: String) -> De
     Decision::Drop
 }
 
+/// The body of a Close of statement `id`.
+fn close_body(id: u64) -> Vec<u8> {
+    let mut body = vec![frontend::OF_STATEMENT];
+    body.extend_from_slice(server_statement_name(id).as_bytes());
+    body.push(0);
+    body
+}
+
 /// A reply message with an empty body.
 pub(super) fn reply(tag: u8) -> Bytes {
     let mut buf = BytesMut::with_capacity(5);
     messages::raw(&mut buf, tag, &[]);
     buf.freeze()
+}
+
+/// The statement a Describe or Close body names, if it names a statement (not a portal).
+fn statement_name(body: &[u8]) -> Option<&[u8]> {
+    match body.split_first() {
+        Some((&frontend::OF_STATEMENT, rest)) => split_cstr(rest).map(|(name, _)| name),
+        _ => None,
+    }
 }
 
 /// Splits a NUL-terminated string off the front of `bytes`.

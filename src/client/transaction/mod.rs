@@ -11,6 +11,8 @@
 //! reset before anyone else gets it.
 
 mod hook;
+mod names;
+mod settings;
 
 use std::sync::Arc;
 
@@ -48,7 +50,7 @@ pub(super) async fn serve(
         None => {
             let mut owed = BytesMut::new();
             request.write_authentication(&mut owed);
-            let mut first = checkout_with_notice(client, pool, request, entry, &mut owed).await?;
+            let mut first = checkout_with_notice(client, pool, &request.params, entry, &mut owed).await?;
             // A slow checkout sent AuthenticationOk ahead of its notice.
             authenticated = owed.is_empty();
             let params = first.connection().server_params().into();
@@ -57,7 +59,7 @@ pub(super) async fn serve(
         }
     };
     let (key, mut view) = greet_from_cache(client, request, &greeting, !authenticated).await?;
-    let mut relay = Relay::with_hook(TransactionHook::new(id, pool.clone()));
+    let mut relay = Relay::with_hook(TransactionHook::new(id, pool.clone(), request.params.clone()));
     let mut pending = early;
     let mut shutdown = ctx.shutdown.clone();
     loop {
@@ -85,15 +87,25 @@ pub(super) async fn serve(
         let mut lease = match lease.take() {
             Some(lease) => lease,
             // Boxed: an idle session's task then holds only what waiting needs.
-            None => Box::pin(checkout_with_notice(client, pool, request, entry, &mut BytesMut::new())).await?,
+            None => {
+                let wanted = relay.hook().settings.wanted().clone();
+                Box::pin(checkout_with_notice(client, pool, &wanted, entry, &mut BytesMut::new())).await?
+            }
         };
         tell_changed_parameters(client, &mut lease, &mut view).await?;
+        relay.hook().names.attached();
         let (end, stopping) = attach(client, &mut relay, &mut lease, key, &pending, ctx, entry).await?;
         pending.clear();
         relay.release_buffers();
         let pinned = relay.hook().pinned();
         match end {
-            RelayEnd::Idle if !stopping && pinned.is_none() => lease.release_as_is(),
+            RelayEnd::Idle if !stopping && pinned.is_none() => {
+                // What the client was told of the server's parameters, and the settings the
+                // server now carries, are the client's.
+                view.clone_from(&lease.connection().server_params().to_vec());
+                lease.connection().set_settings(relay.hook().settings.wanted().clone());
+                lease.release_as_is();
+            }
             RelayEnd::Idle => {
                 lease.release(true);
                 return Err(SessionError::ShuttingDown);
@@ -150,7 +162,7 @@ fn answer_without_server(hook: &mut TransactionHook, bytes: &[u8]) -> Option<Byt
     let mut failed = false;
     for (tag, body) in messages_in {
         if tag == frontend::SYNC {
-            hook.sync_without_server();
+            hook.names.synced();
             messages::ready_for_query(&mut answer, TransactionStatus::Idle);
         } else if !failed {
             match hook.parse_without_server(body) {
