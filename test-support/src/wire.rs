@@ -95,6 +95,109 @@ pub fn terminate() -> Vec<u8> {
     message(b'X', b"")
 }
 
+/// A string field of a message body: the bytes, then a NUL.
+fn cstr(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(text.as_bytes());
+    out.push(0);
+}
+
+/// Parameter values as a Bind or FunctionCall carries them: a count, then each value's
+/// length (-1 for NULL, `None`) and bytes.
+fn values(out: &mut Vec<u8>, params: &[Option<&[u8]>]) {
+    out.extend_from_slice(&(params.len() as u16).to_be_bytes());
+    for param in params {
+        match param {
+            Some(value) => {
+                out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+                out.extend_from_slice(value);
+            }
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+}
+
+/// A Parse of `sql` into statement `name` (`""` is the unnamed one), with the given parameter
+/// type OIDs (0 leaves a type to the server).
+pub fn parse(name: &str, sql: &str, param_types: &[u32]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(name.len() + sql.len() + 4 + 4 * param_types.len());
+    cstr(&mut body, name);
+    cstr(&mut body, sql);
+    body.extend_from_slice(&(param_types.len() as u16).to_be_bytes());
+    for oid in param_types {
+        body.extend_from_slice(&oid.to_be_bytes());
+    }
+    message(b'P', &body)
+}
+
+/// A Bind of `statement` into `portal`, every parameter and result column in text format (no
+/// format codes, which means text); `None` is NULL.
+pub fn bind(portal: &str, statement: &str, params: &[Option<&[u8]>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    cstr(&mut body, portal);
+    cstr(&mut body, statement);
+    body.extend_from_slice(&0u16.to_be_bytes()); // parameter format codes: none, all text
+    values(&mut body, params);
+    body.extend_from_slice(&0u16.to_be_bytes()); // result format codes: none, all text
+    message(b'B', &body)
+}
+
+/// A Describe of a statement (`kind` `b'S'`) or a portal (`b'P'`).
+pub fn describe(kind: u8, name: &str) -> Vec<u8> {
+    let mut body = vec![kind];
+    cstr(&mut body, name);
+    message(b'D', &body)
+}
+
+/// An Execute of `portal`, returning at most `max_rows` rows (0: all of them).
+pub fn execute(portal: &str, max_rows: u32) -> Vec<u8> {
+    let mut body = Vec::new();
+    cstr(&mut body, portal);
+    body.extend_from_slice(&max_rows.to_be_bytes());
+    message(b'E', &body)
+}
+
+/// A Close of a statement (`kind` `b'S'`) or a portal (`b'P'`).
+pub fn close(kind: u8, name: &str) -> Vec<u8> {
+    let mut body = vec![kind];
+    cstr(&mut body, name);
+    message(b'C', &body)
+}
+
+/// A Sync.
+pub fn sync() -> Vec<u8> {
+    message(b'S', b"")
+}
+
+/// A Flush.
+pub fn flush() -> Vec<u8> {
+    message(b'H', b"")
+}
+
+/// A CopyData carrying `data`.
+pub fn copy_data(data: &[u8]) -> Vec<u8> {
+    message(b'd', data)
+}
+
+/// A CopyDone.
+pub fn copy_done() -> Vec<u8> {
+    message(b'c', b"")
+}
+
+/// A CopyFail with the client's `reason`.
+pub fn copy_fail(reason: &str) -> Vec<u8> {
+    message(b'f', &[reason.as_bytes(), b"\0"].concat())
+}
+
+/// A FunctionCall of the function with OID `function`, arguments and result in text format;
+/// `None` is NULL.
+pub fn function_call(function: u32, args: &[Option<&[u8]>]) -> Vec<u8> {
+    let mut body = function.to_be_bytes().to_vec();
+    body.extend_from_slice(&0u16.to_be_bytes()); // argument format codes: none, all text
+    values(&mut body, args);
+    body.extend_from_slice(&0u16.to_be_bytes()); // result format: text
+    message(b'F', &body)
+}
+
 /// A RowDescription of `columns`, all `int4` in text format with no table behind them.
 pub fn row_description(columns: &[&str]) -> Vec<u8> {
     let mut body = (columns.len() as u16).to_be_bytes().to_vec();
@@ -173,6 +276,24 @@ mod tests {
         assert_eq!(query("SELECT 1"), b"Q\0\0\0\x0dSELECT 1\0");
         assert_eq!(terminate(), b"X\0\0\0\x04");
         assert_eq!(ready_for_query(b'I'), b"Z\0\0\0\x05I");
+    }
+
+    #[test]
+    fn extended_query_messages_match_the_documented_bytes() {
+        assert_eq!(parse("s", "SELECT $1", &[23]), b"P\0\0\0\x16s\0SELECT $1\0\0\x01\0\0\0\x17");
+        assert_eq!(
+            bind("p", "s", &[Some(b"42"), None]),
+            b"B\0\0\0\x18p\0s\0\0\0\0\x02\0\0\0\x0242\xff\xff\xff\xff\0\0"
+        );
+        assert_eq!(describe(b'S', "s"), b"D\0\0\0\x07Ss\0");
+        assert_eq!(execute("", 5), b"E\0\0\0\x09\0\0\0\0\x05");
+        assert_eq!(close(b'P', ""), b"C\0\0\0\x06P\0");
+        assert_eq!(sync(), b"S\0\0\0\x04");
+        assert_eq!(flush(), b"H\0\0\0\x04");
+        assert_eq!(copy_data(b"1\n"), b"d\0\0\0\x061\n");
+        assert_eq!(copy_done(), b"c\0\0\0\x04");
+        assert_eq!(copy_fail("no"), b"f\0\0\0\x07no\0");
+        assert_eq!(function_call(177, &[Some(b"1")]), b"F\0\0\0\x13\0\0\0\xb1\0\0\0\x01\0\0\0\x011\0\0");
     }
 
     #[test]
