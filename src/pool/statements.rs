@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use crate::upstream::{StatementId, server_statement_name};
 
@@ -15,18 +15,29 @@ use crate::upstream::{StatementId, server_statement_name};
 pub struct Statement {
     /// Its id; the name on the servers comes from it.
     pub id: StatementId,
+    /// Its name on the servers, NUL-terminated as messages carry it.
+    server_name: Box<[u8]>,
     /// The Parse message's body after the statement name: query text, parameter count and
     /// types. Kept once, however many clients and names use it.
     definition: Bytes,
 }
 
 impl Statement {
+    fn new(id: StatementId, definition: Bytes) -> Statement {
+        let mut server_name = server_statement_name(id).into_bytes();
+        server_name.push(0);
+        Statement { id, server_name: server_name.into(), definition }
+    }
+
+    /// Its name on the servers, NUL-terminated as messages carry it.
+    pub fn server_name(&self) -> &[u8] {
+        &self.server_name
+    }
+
     /// The body of a Parse that prepares this statement on a server connection.
     pub fn parse_body(&self) -> BytesMut {
-        let name = server_statement_name(self.id);
-        let mut body = BytesMut::with_capacity(name.len() + 1 + self.definition.len());
-        body.extend_from_slice(name.as_bytes());
-        body.put_u8(0);
+        let mut body = BytesMut::with_capacity(self.server_name.len() + self.definition.len());
+        body.extend_from_slice(&self.server_name);
         body.extend_from_slice(&self.definition);
         body
     }
@@ -58,8 +69,7 @@ impl StatementRegistry {
             return statement;
         }
         let definition = Bytes::copy_from_slice(definition);
-        let statement =
-            Arc::new(Statement { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), definition: definition.clone() });
+        let statement = Arc::new(Statement::new(NEXT_ID.fetch_add(1, Ordering::Relaxed), definition.clone()));
         registry.statements.insert(definition, Arc::downgrade(&statement));
         // Statements no client holds any more are swept once the table has doubled, so a
         // client that prepares a new text per query leaves memory flat.

@@ -34,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::protocol::{backend, frontend, messages};
 use crate::upstream::{
     Delivery, PreparedStatements, ProtocolState, RelayParts, Sent, ServerConnection, Settled, StatementEffect,
-    StatementId, Token, UnnamedOwner, server_statement_name,
+    StatementId, Token, UnnamedOwner, close_statement_body,
 };
 use pipe::{Pipe, PumpEnd, PumpError, Scan, Splice, Verdict};
 
@@ -165,10 +165,7 @@ impl Insert<'_> {
     /// once. Only while nothing is owed, so that no message on its way needs it.
     pub fn close(&mut self, id: StatementId) {
         debug_assert!(self.protocol.owes_nothing(), "a statement is closed only while nothing is owed");
-        let mut body = vec![frontend::OF_STATEMENT];
-        body.extend_from_slice(server_statement_name(id).as_bytes());
-        body.push(0);
-        self.message(frontend::CLOSE, &body, StatementEffect::None);
+        self.message(frontend::CLOSE, &close_statement_body(id), StatementEffect::None);
         self.prepared.forget(id);
     }
 

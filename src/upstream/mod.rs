@@ -19,6 +19,6 @@ pub use error::ConnectError;
 pub(crate) use state::{Delivery, Sent};
 pub use state::{
     PreparedStatements, ProtocolState, Settled, StatementEffect, StatementId, Token, UnnamedOwner,
-    server_statement_name,
+    close_statement_body, server_statement_name,
 };
 pub use stream::{ServerStream, UpstreamStream};

@@ -51,6 +51,14 @@ pub fn server_statement_name(id: StatementId) -> String {
     format!("_lbp{id}")
 }
 
+/// The body of a Close of statement `id` on a server connection.
+pub fn close_statement_body(id: StatementId) -> Vec<u8> {
+    let mut body = vec![frontend::OF_STATEMENT];
+    body.extend_from_slice(server_statement_name(id).as_bytes());
+    body.push(0);
+    body
+}
+
 /// The statements a server connection has prepared on the proxy's behalf (or has a Parse of
 /// on the way), with when each was last used, so the least recently used can be closed when
 /// there are too many. Statements a client prepares under its own name in session mode are

@@ -25,7 +25,7 @@ use crate::protocol::messages::{self, ErrorFields, Severity};
 use crate::protocol::{StartupParams, TransactionStatus, backend, frontend, sqlstate};
 use crate::relay::{Decision, Hook, Insert};
 use crate::sql::{self, PinReason};
-use crate::upstream::{Settled, StatementEffect, server_statement_name};
+use crate::upstream::{Settled, StatementEffect, close_statement_body};
 
 /// A statement name no client can reach (client names are always mapped), used to make the
 /// server fail in place of a message the proxy refuses.
@@ -139,7 +139,7 @@ impl TransactionHook {
         }
         self.cache.miss.increment(1);
         let effect = if insert.prepared().contains(id) {
-            insert.message(frontend::CLOSE, &close_body(id), StatementEffect::None);
+            insert.message(frontend::CLOSE, &close_statement_body(id), StatementEffect::None);
             StatementEffect::Replaces(id)
         } else {
             StatementEffect::Prepares(id)
@@ -200,16 +200,14 @@ impl TransactionHook {
         // The client's own Parse always reaches the server, for a plan as fresh as a direct
         // connection's: a copy the server has is closed first (its plan may predate a DDL).
         let effect = if insert.prepared().contains(id) {
-            insert.message(frontend::CLOSE, &close_body(id), StatementEffect::None);
+            insert.message(frontend::CLOSE, &close_statement_body(id), StatementEffect::None);
             StatementEffect::Replaces(id)
         } else {
             StatementEffect::Prepares(id)
         };
-        let token = self.names.add_pending(name, statement, changes, insert.protocol().sequence());
+        let token = self.names.add_pending(name, statement.clone(), changes, insert.protocol().sequence());
         insert.track(token);
-        let mut head = server_statement_name(id).into_bytes();
-        head.push(0);
-        insert.rewrite(frontend::PARSE, &head, len - name.len() - 1, effect);
+        insert.rewrite(frontend::PARSE, statement.server_name(), len - name.len() - 1, effect);
         Decision::Rewrite { cut: name.len() + 1 }
     }
 
@@ -230,9 +228,9 @@ impl TransactionHook {
                     self.batch.bind(changes);
                 }
                 self.ensure_prepared(&statement, insert);
-                let mut head = lead.to_vec();
-                head.extend_from_slice(server_statement_name(statement.id).as_bytes());
-                head.push(0);
+                let mut head = Vec::with_capacity(lead.len() + statement.server_name().len());
+                head.extend_from_slice(lead);
+                head.extend_from_slice(statement.server_name());
                 let cut = lead.len() + name.len() + 1;
                 insert.rewrite(tag, &head, len - cut, StatementEffect::Uses(statement.id));
                 Decision::Rewrite { cut }
@@ -391,14 +389,6 @@ fn refuse(insert: &mut Insert<'_>, code: &str, message: String) -> Decision {
     probe.extend_from_slice(MISSING_STATEMENT);
     insert.refuse(frontend::DESCRIBE, &probe, error.freeze());
     Decision::Drop
-}
-
-/// The body of a Close of statement `id`.
-fn close_body(id: u64) -> Vec<u8> {
-    let mut body = vec![frontend::OF_STATEMENT];
-    body.extend_from_slice(server_statement_name(id).as_bytes());
-    body.push(0);
-    body
 }
 
 /// A reply message with an empty body.

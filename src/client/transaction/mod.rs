@@ -102,7 +102,9 @@ pub(super) async fn serve(
             match end {
                 RelayEnd::Idle if !stopping && pinned.is_none() => {
                     // What the client was told of the server's parameters is what it reported.
-                    view.clone_from(&lease.connection().server_params().to_vec());
+                    if view.as_slice() != lease.connection().server_params() {
+                        view.clone_from(&lease.connection().server_params().to_vec());
+                    }
                     release_shared(lease, relay.hook());
                 }
                 RelayEnd::Idle => {
