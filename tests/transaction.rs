@@ -21,6 +21,8 @@ mod support;
 
 #[path = "transaction/harness.rs"]
 mod harness;
+#[path = "transaction/scale.rs"]
+mod scale;
 #[path = "transaction/scenarios.rs"]
 mod scenarios;
 
@@ -46,6 +48,9 @@ struct Mode {
     lock_base: i64,
     /// What the clients connect to.
     pooler: Pooler,
+    /// Scenarios with more clients than this are left out: a session-mode pool gives each
+    /// client a server connection of its own, so more would only wait.
+    max_clients: usize,
 }
 
 /// The pooler under test.
@@ -200,10 +205,13 @@ fn differential(mode: Mode) {
     let ctx = Ctx { schema: mode.schema.to_string(), lock_base: mode.lock_base, role: ROLE.to_string() };
     let only = std::env::var("TXN_DIFF_ONLY").ok();
     let show = std::env::var_os("TXN_DIFF_SHOW").is_some();
-    let scenarios: Vec<Scenario> = scenarios::all(&ctx);
+    let scenarios: Vec<Scenario> = scenarios::all(&ctx).into_iter().chain(scale::all()).collect();
     assert!(scenarios.len() >= 32, "the suite has {} scenarios", scenarios.len());
-    let scenarios: Vec<&Scenario> =
-        scenarios.iter().filter(|s| only.as_deref().is_none_or(|o| o.split(',').any(|o| s.name.contains(o)))).collect();
+    let scenarios: Vec<&Scenario> = scenarios
+        .iter()
+        .filter(|s| s.clients() <= mode.max_clients)
+        .filter(|s| only.as_deref().is_none_or(|o| o.split(',').any(|o| s.name.contains(o))))
+        .collect();
 
     runtime.block_on(async {
         let mut admin = Admin::connect(&socket).await.unwrap();
@@ -292,6 +300,7 @@ fn differential_session_mode() {
         schema: "diff_session",
         lock_base: 7_100_000,
         pooler: Pooler::Proxy(&["--max-pool-size=16"]),
+        max_clients: 16,
     });
 }
 
@@ -304,6 +313,7 @@ fn differential_transaction_pool_of_one() {
         schema: "diff_txn1",
         lock_base: 7_200_000,
         pooler: Pooler::Proxy(&["--pool-mode=transaction", "--max-pool-size=1", "--max-prepared-statements=10"]),
+        max_clients: usize::MAX,
     });
 }
 
@@ -315,6 +325,7 @@ fn differential_transaction_pool_of_two() {
         schema: "diff_txn2",
         lock_base: 7_300_000,
         pooler: Pooler::Proxy(&["--pool-mode=transaction", "--max-pool-size=2", "--max-prepared-statements=10"]),
+        max_clients: usize::MAX,
     });
 }
 
@@ -330,5 +341,6 @@ fn differential_pgbouncer_pool_of_two() {
         schema: "diff_pgbouncer",
         lock_base: 7_400_000,
         pooler: Pooler::PgBouncer(PathBuf::from(binary), 2),
+        max_clients: usize::MAX,
     });
 }
