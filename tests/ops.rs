@@ -366,3 +366,33 @@ fn wait_blocks_until_startup_and_gives_up_after_its_timeout() {
     assert!(started.elapsed() >= Duration::from_secs(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("did not answer 200"));
 }
+
+#[test]
+fn transaction_mode_counts_pins_and_statement_reuse_and_shows_them() {
+    let (proxy, http_port) = proxy_with_http(&["--pool-mode=transaction", "--max-pool-size=2"]);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(proxy.port)
+            .user("someone")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        // tokio-postgres prepares by name: the first run prepares it, the others find it.
+        let statement = client.prepare("SELECT $1::int + 1").await.unwrap();
+        for n in 0..5 {
+            assert_eq!(client.query_one(&statement, &[&n]).await.unwrap().get::<_, i32>(0), n + 1);
+        }
+        client.batch_execute("LISTEN ops_channel").await.unwrap();
+        let clients = psql_at(proxy.port, "lakebase_proxy", "SHOW CLIENTS");
+        assert!(clients.lines().any(|row| row.contains("|listen|")), "a pinned client shows its reason: {clients}");
+        let pools = psql_at(proxy.port, "lakebase_proxy", "SHOW POOLS");
+        assert!(pools.contains("|transaction|"), "{pools}");
+    });
+    let samples = parse_prometheus(&http(http_port, "GET", "/metrics").1);
+    assert_eq!(sum(&samples, "lakebase_proxy_pinned_clients_total", "reason=\"listen\""), 1.0);
+    // Each run's Bind found the statement its Parse left on the server.
+    assert!(sum(&samples, "lakebase_proxy_prepared_statements_total", "result=\"hit\"") >= 5.0);
+}

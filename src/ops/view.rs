@@ -143,6 +143,25 @@ pub struct ClientEntry {
 impl ClientEntry {
     /// Changes what is recorded about the client.
     pub fn update(&self, change: impl FnOnce(&mut ClientInfo)) {
+        self.handle().update(change);
+    }
+
+    /// A handle that updates the entry from elsewhere (and does not remove it when dropped).
+    pub fn handle(&self) -> ClientHandle {
+        ClientHandle { registry: self.registry.clone(), id: self.id }
+    }
+}
+
+/// Updates one client's entry while it exists; see [`ClientEntry::handle`].
+#[derive(Clone)]
+pub struct ClientHandle {
+    registry: Arc<ClientRegistry>,
+    id: u64,
+}
+
+impl ClientHandle {
+    /// Changes what is recorded about the client, if it is still connected.
+    pub fn update(&self, change: impl FnOnce(&mut ClientInfo)) {
         if let Some(info) = self.registry.clients.lock().unwrap().get_mut(&self.id) {
             change(info);
         }

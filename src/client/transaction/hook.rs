@@ -19,7 +19,10 @@ use bytes::{Bytes, BytesMut};
 
 use super::names::{Lookup, Names};
 use super::settings::{Batch, Changes, Outcome, Settings};
+use tracing::info;
+
 use crate::metrics;
+use crate::ops::view::ClientHandle;
 use crate::pool::{Pool, Statement};
 use crate::protocol::messages::{self, ErrorFields, Severity};
 use crate::protocol::{StartupParams, TransactionStatus, backend, frontend, sqlstate};
@@ -47,10 +50,12 @@ pub(super) struct TransactionHook {
     /// Why the client must keep its server connection, once it must.
     pin: Option<PinReason>,
     cache: metrics::StatementCache,
+    /// The client's entry in the admin console, which shows a pin.
+    console: ClientHandle,
 }
 
 impl TransactionHook {
-    pub(super) fn new(client: u64, pool: Arc<Pool>, startup: StartupParams) -> TransactionHook {
+    pub(super) fn new(client: u64, pool: Arc<Pool>, startup: StartupParams, console: ClientHandle) -> TransactionHook {
         let max_prepared = pool.upstream().settings().max_prepared_statements;
         TransactionHook {
             client,
@@ -62,6 +67,7 @@ impl TransactionHook {
             batch: Batch::default(),
             sequence: 0,
             pin: None,
+            console,
         }
     }
 
@@ -70,8 +76,15 @@ impl TransactionHook {
         self.pin
     }
 
+    /// Pins the client, saying so once: in the log, a metric and the console.
     fn pin(&mut self, reason: PinReason) {
-        self.pin.get_or_insert(reason);
+        if self.pin.is_some() {
+            return;
+        }
+        self.pin = Some(reason);
+        info!(reason = reason.label(), "client pinned to its server connection");
+        metrics::client_pinned(&self.pool.upstream().label, reason.label());
+        self.console.update(|info| info.pinned = Some(reason.label()));
     }
 
     /// Notes what `sql` does to the session: pins it, or returns the settings it changes (to

@@ -17,7 +17,7 @@ mod settings;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::ClientStream;
 use super::error::{SessionEnd, SessionError};
@@ -59,7 +59,8 @@ pub(super) async fn serve(
         }
     };
     let (key, mut view) = greet_from_cache(client, request, &greeting, !authenticated).await?;
-    let mut relay = Relay::with_hook(TransactionHook::new(id, pool.clone(), request.params.clone()));
+    let hook = TransactionHook::new(id, pool.clone(), request.params.clone(), entry.handle());
+    let mut relay = Relay::with_hook(hook);
     let mut pending = early;
     let mut shutdown = ctx.shutdown.clone();
     let ended = async {
@@ -216,7 +217,6 @@ async fn attach(
     let _cancel_route = ctx
         .cancels
         .register(client_key, CancelRoute { connector: ctx.pools.upstream().connector.clone(), key: server_key });
-    let was_pinned = relay.hook().pinned().is_some();
     let leftover = connection.take_leftover();
     relay.preload(connection, client_bytes, &leftover).map_err(SessionError::ClientProtocol)?;
     let mut shutdown = ctx.shutdown.clone();
@@ -228,13 +228,6 @@ async fn attach(
             (tokio::time::timeout_at(deadline, relay.run(client, connection)).await.unwrap_or(RelayEnd::Idle), true)
         }
     };
-    if let Some(reason) = relay.hook().pinned()
-        && !was_pinned
-    {
-        info!(reason = reason.label(), upstream_pid = server_key.pid, "client pinned to its server connection");
-        metrics::client_pinned(&ctx.pools.upstream().label, reason.label());
-        entry.update(|info| info.pinned = Some(reason.label()));
-    }
     debug!(?end, "detached");
     Ok((end, stopping))
 }
