@@ -292,30 +292,36 @@ fn hostile_clients_change_nothing_and_memory_returns_to_baseline() {
 
 #[test]
 fn sigterm_lets_a_transaction_finish_then_ends_idle_sessions_with_57p01() {
-    let pg = PgServer::shared();
-    let target = format!("postgresql://scram_user@localhost:{}/app?sslrootcert={}", pg.port(), pg.ca_path().display());
-    let proxy = ProxyProcess::spawn(
-        &[target, format!("--password-file={}", pg.password_file().display()), "--max-sigterm-delay=10s".into()],
-        &[],
-    );
-    let port = proxy.port;
-    let pid = proxy.pid();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (status, _) = runtime.block_on(async move {
-        let idle = connect(port).await.unwrap();
-        let busy = connect(port).await.unwrap();
-        busy.batch_execute("BEGIN").await.unwrap();
-        Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-        // The transaction in progress may finish.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let row = busy.query_one("SELECT 40 + 2", &[]).await.expect("the running transaction continues");
-        assert_eq!(row.get::<_, i32>(0), 42);
-        busy.batch_execute("COMMIT").await.expect("and commits");
-        // After it, and for the idle one, the session ends with 57P01.
-        assert!(busy.query_one("SELECT 1", &[]).await.is_err());
-        assert!(idle.query_one("SELECT 1", &[]).await.is_err());
-        assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "no new clients");
-        tokio::task::spawn_blocking(move || proxy.terminate()).await.unwrap()
-    });
-    assert!(status.success(), "exit code 0 after a graceful stop: {status}");
+    for mode in ["session", "transaction"] {
+        let pg = PgServer::shared();
+        let target =
+            format!("postgresql://scram_user@localhost:{}/app?sslrootcert={}", pg.port(), pg.ca_path().display());
+        let args = [
+            target,
+            format!("--password-file={}", pg.password_file().display()),
+            "--max-sigterm-delay=10s".into(),
+            format!("--pool-mode={mode}"),
+        ];
+        let proxy = ProxyProcess::spawn(&args, &[]);
+        let port = proxy.port;
+        let pid = proxy.pid();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let (status, _) = runtime.block_on(async move {
+            let idle = connect(port).await.unwrap();
+            let busy = connect(port).await.unwrap();
+            busy.batch_execute("BEGIN").await.unwrap();
+            Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+            // The transaction in progress may finish.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let row = busy.query_one("SELECT 40 + 2", &[]).await.expect("the running transaction continues");
+            assert_eq!(row.get::<_, i32>(0), 42, "{mode} mode");
+            busy.batch_execute("COMMIT").await.expect("and commits");
+            // After it, and for the idle one, the session ends with 57P01.
+            assert!(busy.query_one("SELECT 1", &[]).await.is_err(), "{mode} mode");
+            assert!(idle.query_one("SELECT 1", &[]).await.is_err(), "{mode} mode");
+            assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "no new clients");
+            tokio::task::spawn_blocking(move || proxy.terminate()).await.unwrap()
+        });
+        assert!(status.success(), "exit code 0 after a graceful stop in {mode} mode: {status}");
+    }
 }
