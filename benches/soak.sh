@@ -23,6 +23,10 @@
 #   SCALE         pgbench scale factor for `pgbench -i` (default 5, ~75 MB)
 #   CLIENTS       pgbench clients (default 8), THREADS pgbench threads (default 2)
 #   PGBENCH_ARGS  extra pgbench arguments for the run, e.g. "-S" or "-C" (default none)
+#   POOL_MODE     the proxy's --pool-mode: session (default) or transaction; in transaction mode
+#                 connections are released (and retired by --max-lifetime) after every
+#                 transaction, so they rotate under load, not only between sessions
+#   POOL_SIZE     the proxy's --max-pool-size (default 20)
 #   SKIP_BUILD    1 = use the existing target/release binaries
 #   LOG_DIR       if set, the logs (proxy, fake, postgres, pgbench, RSS samples) are copied there
 #
@@ -40,6 +44,8 @@ set -euo pipefail
 DURATION="${DURATION:-30m}"
 SCALE="${SCALE:-5}"
 CLIENTS="${CLIENTS:-8}"
+POOL_MODE="${POOL_MODE:-session}"
+POOL_SIZE="${POOL_SIZE:-20}"
 THREADS="${THREADS:-2}"
 PGBENCH_ARGS="${PGBENCH_ARGS:-}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
@@ -143,11 +149,12 @@ grep -q '^HOST=' "$WORK/fake.env" || { cat "$WORK/fake.log" >&2; die "fake-lakeb
 
 # --- The proxy: PAT auth, short tokens, short upstream lifetimes, debug log --------------
 PROXY_PORT="$(free_port)" || die "no free port for the proxy"
-log "starting lakebase-proxy on 127.0.0.1:$PROXY_PORT (--token-ttl $TOKEN_TTL --max-lifetime $MAX_LIFETIME)"
+log "starting lakebase-proxy on 127.0.0.1:$PROXY_PORT (--token-ttl $TOKEN_TTL --max-lifetime $MAX_LIFETIME --pool-mode $POOL_MODE)"
 DATABRICKS_HOST="$API_URL" DATABRICKS_TOKEN=dapi-demo-token HOME="$WORK" NO_COLOR=1 \
     "$BIN/lakebase-proxy" "$ENDPOINT?connect-to=$GATEWAY" --ca-file "$CA_FILE" \
     --address 127.0.0.1 --port "$PROXY_PORT" \
     --token-ttl "$TOKEN_TTL" --max-lifetime "$MAX_LIFETIME" \
+    --pool-mode "$POOL_MODE" --max-pool-size "$POOL_SIZE" \
     --log-level lakebase_proxy=debug >"$WORK/proxy.log" 2>&1 &
 PROXY_PID=$!
 for _ in $(seq 150); do
@@ -239,7 +246,8 @@ mib() { [[ -n "$1" ]] && awk -v k="$1" 'BEGIN {printf "%.1f MiB", k/1024}' || ec
 row() { printf '%-44s %s\n' "$1" "$2"; }
 echo
 echo "Soak: $ELAPSED s of pgbench -c $CLIENTS -j $THREADS (scale $SCALE${PGBENCH_ARGS:+, $PGBENCH_ARGS}) + one psql login per second,"
-echo "through lakebase-proxy --token-ttl $TOKEN_TTL --max-lifetime $MAX_LIFETIME against fake-lakebase on loopback."
+echo "through lakebase-proxy --token-ttl $TOKEN_TTL --max-lifetime $MAX_LIFETIME --pool-mode $POOL_MODE --max-pool-size $POOL_SIZE"
+echo "against fake-lakebase on loopback."
 echo
 row metric value
 row "--------------------------------------------" "--------------------"
