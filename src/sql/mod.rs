@@ -100,6 +100,9 @@ pub enum PinReason {
     /// An unnamed statement too long for the pooler to keep, so it cannot be prepared again on
     /// another connection (not a classification of SQL: the pooler's own reason).
     LongStatement,
+    /// `DISCARD ALL`: the session's settings go back to the server connection's own defaults,
+    /// which a pooler's connection need not share with its client (the pooler's own reason).
+    DiscardAll,
 }
 
 impl PinReason {
@@ -115,6 +118,7 @@ impl PinReason {
             PinReason::Role => "role",
             PinReason::UntrackedSet => "untracked_set",
             PinReason::LongStatement => "long_statement",
+            PinReason::DiscardAll => "discard_all",
         }
     }
 }

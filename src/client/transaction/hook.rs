@@ -92,8 +92,10 @@ impl TransactionHook {
     fn read_sql(&mut self, sql: &[u8]) -> (Vec<sql::Statement>, Option<Changes>) {
         let statements = sql::classify(&String::from_utf8_lossy(sql));
         for statement in &statements {
-            if let sql::Statement::Pin(reason) = statement {
-                self.pin(*reason);
+            match statement {
+                sql::Statement::Pin(reason) => self.pin(*reason),
+                sql::Statement::DiscardAll => self.pin(PinReason::DiscardAll),
+                _ => {}
             }
         }
         let changes = match self.settings.outcome(&statements) {
