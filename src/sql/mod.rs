@@ -118,7 +118,7 @@ impl PinReason {
             PinReason::Role => "role",
             PinReason::UntrackedSet => "untracked_set",
             PinReason::LongStatement => "long_statement",
-            PinReason::DiscardAll => "discard_all",
+            PinReason::Discard => "discard_all",
         }
     }
 }

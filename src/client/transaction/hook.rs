@@ -94,7 +94,7 @@ impl TransactionHook {
         for statement in &statements {
             match statement {
                 sql::Statement::Pin(reason) => self.pin(*reason),
-                sql::Statement::DiscardAll => self.pin(PinReason::DiscardAll),
+                sql::Statement::DiscardAll => self.pin(PinReason::Discard),
                 _ => {}
             }
         }
