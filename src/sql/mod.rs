@@ -102,7 +102,7 @@ pub enum PinReason {
     LongStatement,
     /// `DISCARD ALL`: the session's settings go back to the server connection's own defaults,
     /// which a pooler's connection need not share with its client (the pooler's own reason).
-    DiscardAll,
+    Discard,
 }
 
 impl PinReason {
