@@ -316,3 +316,66 @@ async fn state_carries_from_one_relay_to_the_next() {
     let Ended { server, .. } = task.await.unwrap();
     assert!(server.protocol().owes_nothing() && server.reusable());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Answers in place and held messages
+// ---------------------------------------------------------------------------------------------
+
+/// Answers every Close itself, and holds a Bind while the server owes anything.
+struct AnswerCloseHoldBind;
+
+impl Hook for AnswerCloseHoldBind {
+    fn wants(&self, tag: u8) -> bool {
+        tag == frontend::CLOSE || tag == frontend::BIND
+    }
+
+    fn before(&mut self, tag: u8, _body: &[u8], _len: usize, insert: &mut Insert<'_>) -> Decision {
+        if tag == frontend::CLOSE {
+            insert.answer(tag, Bytes::from(message(b'3', b"")));
+            return Decision::Drop;
+        }
+        if insert.protocol().owes_nothing() { Decision::Forward } else { Decision::Hold }
+    }
+}
+
+#[tokio::test]
+async fn a_reply_made_in_place_goes_out_in_the_order_the_server_would_send_it() {
+    let (server, mut upstream) = connection();
+    let (mut client, task) = attach(AnswerCloseHoldBind, server);
+    let parse = message(b'P', b"\0SELECT 1\0\0\0");
+    client.write_all(&[parse.clone(), message(b'C', b"Sx\0"), message(b'S', b"")].concat()).await.unwrap();
+    let forwarded = read_exactly(&mut upstream, parse.len() + 5).await;
+    assert_eq!(forwarded, [parse, message(b'S', b"")].concat(), "the Close never reaches the server");
+    upstream.write_all(&[message(b'1', b""), message(b'Z', b"I")].concat()).await.unwrap();
+    let expected = [message(b'1', b""), message(b'3', b""), message(b'Z', b"I")].concat();
+    assert_eq!(
+        read_exactly(&mut client, expected.len()).await,
+        expected,
+        "ParseComplete, CloseComplete, ReadyForQuery"
+    );
+    assert!(hang_up(client).await.is_empty());
+    let Ended { server, .. } = task.await.unwrap();
+    assert!(server.reusable());
+}
+
+#[tokio::test]
+async fn a_held_message_waits_for_the_reply_it_depends_on_and_the_server_is_told_to_send_it() {
+    let (server, mut upstream) = connection();
+    let (mut client, task) = attach(AnswerCloseHoldBind, server);
+    let parse = message(b'P', b"\0SELECT 1\0\0\0");
+    let rest = [message(b'B', b"\0\0\0\0\0\0\0\0"), message(b'E', b"\0\0\0\0\0"), message(b'S', b"")].concat();
+    client.write_all(&[parse.clone(), rest.clone()].concat()).await.unwrap();
+    // The Parse goes on, and a Flush so the server answers it without waiting for a Sync.
+    let forwarded = read_exactly(&mut upstream, parse.len() + 5).await;
+    assert_eq!(forwarded, [parse, message(b'H', b"")].concat());
+    upstream.write_all(&message(b'1', b"")).await.unwrap();
+    assert_eq!(read_exactly(&mut upstream, rest.len()).await, rest, "then the Bind and what followed it");
+    upstream
+        .write_all(&[message(b'2', b""), message(b'C', b"SELECT 1\0"), message(b'Z', b"I")].concat())
+        .await
+        .unwrap();
+    read_exactly(&mut client, 5 + 5 + 14 + 6).await;
+    assert!(hang_up(client).await.is_empty());
+    let Ended { server, .. } = task.await.unwrap();
+    assert!(server.reusable());
+}
