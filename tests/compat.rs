@@ -9,6 +9,14 @@
 //! whole matrix, writes it to `target/compat-matrix.md`, and fails at the end listing every
 //! failed cell, so one broken driver does not hide the others. Nothing is skipped silently: a
 //! missing runtime or package, a crash or a check that never reported is a FAIL cell.
+//!
+//! The matrix is run twice: against a proxy in session mode, one copy of each client at a
+//! time; then against one in transaction mode with two server connections, three copies of
+//! every client at once, so that the clients really share those two connections
+//! (`target/compat-matrix-transaction.md`). The programs learn the mode from `COMPAT_MODE`:
+//! a few checks compare pids, and in transaction mode BackendKeyData carries the proxy's key
+//! and a session's statements may run on either server connection, so those checks say which
+//! pid they compare in each mode (see tests/compat/python/compat.py).
 
 mod support;
 
@@ -26,6 +34,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt, TryStreamExt};
 use lakebase_proxy::config::{Config, PasswordSource};
 use lakebase_proxy::proxy::RunningProxy;
+use lakebase_proxy::target::PoolMode;
 use support::{APP_DB, PgServer, SCRAM_USER};
 use tokio::sync::Semaphore;
 
@@ -33,18 +42,33 @@ use tokio::sync::Semaphore;
 const CHECKS: &[(&str, &str)] = &[
     ("simple", "simple query protocol (Query message), several statements in one"),
     ("params", "parameters through the extended protocol (Parse/Bind/Execute)"),
-    ("prepared", "a named server-side prepared statement, reused (seen in pg_prepared_statements)"),
+    (
+        "prepared",
+        "a named server-side prepared statement, reused: run 6 times, then twice more in a transaction that \
+         finds it in pg_prepared_statements by its text (in transaction mode its server-side name is the \
+         proxy's) and sees it executed there at least twice (SQL PREPARE: found by name, executions counted)",
+    ),
     ("commit", "a transaction committed"),
     ("rollback", "a transaction rolled back"),
     ("error_recovery", "an error in a transaction (22012), the next statement refused (25P02), ROLLBACK, go on"),
     ("copy_in", "COPY ... FROM STDIN"),
     ("copy_out", "COPY ... TO STDOUT"),
-    ("listen_notify", "LISTEN on one session, NOTIFY from another, payload and sender pid as the server reports"),
+    (
+        "listen_notify",
+        "LISTEN on one session, NOTIFY from another, payload and sender pid as the server reports: the pid of \
+         the statement that sent it (pg_backend_pid() in the same statement), and in session mode the \
+         sender's BackendKeyData too (in transaction mode that is the proxy's key)",
+    ),
     ("cancel", "cancel of pg_sleep(30) after 0.5 s: SQLSTATE 57014 within 5 s, session usable after"),
     ("bytea", "bytea with all 256 byte values, round trip"),
     ("unicode", "'ünïcødé ✓ 漢字' round trip, 12 characters server-side"),
     ("large_result", "100,000 rows; a 10 MiB value out (and in, where the client sends parameters)"),
-    ("concurrent", "several sessions at once, through the client's own pool where it has one"),
+    (
+        "concurrent",
+        "several sessions at once, through the client's own pool where it has one; sessions counted by \
+         server pid in session mode, by the pid in BackendKeyData in transaction mode (where they share the \
+         pool's server connections)",
+    ),
 ];
 
 /// Client-specific extra rows.
@@ -59,14 +83,59 @@ const CANCEL_AFTER: Duration = Duration::from_millis(500);
 const CANCEL_LIMIT: Duration = Duration::from_secs(5);
 /// A client program that runs longer than this is killed; its unreported cells fail.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
-/// Client programs run at the same time (the machine has two cores; most of a client's time
-/// is spent waiting on the proxy and the server).
-const PARALLEL_CLIENTS: usize = 3;
+/// How long a check waits for `COMPAT_LOCK` (see [`Pass::lock`]).
+const LOCK_WAIT: Duration = Duration::from_secs(60);
 
 const UNICODE: &str = "ünïcødé ✓ 漢字";
 const UNICODE_CHARS: i32 = 12;
 const LARGE_ROWS: i32 = 100_000;
 const LARGE_VALUE: i32 = 10 * 1024 * 1024;
+
+/// One run of the whole matrix against one proxy.
+struct Pass {
+    mode: PoolMode,
+    /// Copies of each client run at the same time; a cell is ok only if every copy says so.
+    copies: usize,
+    /// Client programs run at the same time, each with its copies (the machine has two
+    /// cores; most of a client's time is spent waiting on the proxy and the server).
+    programs_at_once: usize,
+    /// Server connections per pool, when not the default.
+    max_size: Option<usize>,
+    /// In transaction mode a client that waits this long for a server connection is stuck
+    /// behind connections that will not come back (say, every one pinned): it gets 53300 and
+    /// its check fails, rather than the whole program at `CLIENT_TIMEOUT`.
+    checkout_timeout: Option<Duration>,
+    /// Checks that hold a server connection while they wait for another session (LISTEN
+    /// waiting for a NOTIFY, psql's cancel waiting to see its query in pg_stat_activity) take
+    /// a lock, a directory they create: with two server connections for every client, two of
+    /// them at once could hold both and wait forever for the other session's turn.
+    lock: bool,
+    title: &'static str,
+    file: &'static str,
+}
+
+const PASSES: &[Pass] = &[
+    Pass {
+        mode: PoolMode::Session,
+        copies: 1,
+        programs_at_once: 3,
+        max_size: None,
+        checkout_timeout: None,
+        lock: false,
+        title: "session mode (the default), one copy of each client",
+        file: "compat-matrix.md",
+    },
+    Pass {
+        mode: PoolMode::Transaction,
+        copies: 3,
+        programs_at_once: 2,
+        max_size: Some(2),
+        checkout_timeout: Some(Duration::from_secs(20)),
+        lock: true,
+        title: "transaction mode, 2 server connections, 3 copies of every client at once",
+        file: "compat-matrix-transaction.md",
+    },
+];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Status {
@@ -80,6 +149,15 @@ impl Status {
         match self {
             Status::Ok => "ok",
             Status::Fail => "**FAIL**",
+            Status::NotApplicable => "n/a",
+        }
+    }
+
+    /// As a client program reports it, for notes.
+    fn word(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Fail => "FAIL",
             Status::NotApplicable => "n/a",
         }
     }
@@ -114,10 +192,15 @@ struct External {
     needs_files: &'static [(&'static str, &'static str)],
     /// The program and its arguments, relative to tests/compat/.
     command: &'static [&'static str],
+    /// Its settings besides the connection's (documented at the top of the program).
+    env: &'static [(&'static str, &'static str)],
     extra: &'static [&'static str],
 }
 
 const JDBC_JAR: &str = "/usr/share/java/postgresql.jar";
+/// Java 17 prints in the locale's charset unless told. The classes are compiled once, see
+/// [`compile_jdbc_checks`].
+const JAVA: &[&str] = &["java", "-Dfile.encoding=UTF-8", "-Dsun.stdout.encoding=UTF-8", "CheckJdbc"];
 
 const EXTERNAL: &[External] = &[
     External {
@@ -125,6 +208,7 @@ const EXTERNAL: &[External] = &[
         needs: &["bash", "psql"],
         needs_files: &[],
         command: &["bash", "psql.sh"],
+        env: &[],
         extra: &["watch", "on_error_stop"],
     },
     External {
@@ -132,6 +216,7 @@ const EXTERNAL: &[External] = &[
         needs: &["bash", "pgbench", "psql"],
         needs_files: &[],
         command: &["bash", "pgbench.sh"],
+        env: &[],
         extra: &["init"],
     },
     External {
@@ -139,6 +224,16 @@ const EXTERNAL: &[External] = &[
         needs: &["python3"],
         needs_files: &[],
         command: &["python3", "python/check_psycopg3.py"],
+        env: &[],
+        extra: &[],
+    },
+    External {
+        // Every statement prepared server-side under a name, at its first run.
+        name: "psycopg3 (prepare_threshold=0)",
+        needs: &["python3"],
+        needs_files: &[],
+        command: &["python3", "python/check_psycopg3.py"],
+        env: &[("COMPAT_PREPARE_THRESHOLD", "0")],
         extra: &[],
     },
     External {
@@ -146,6 +241,7 @@ const EXTERNAL: &[External] = &[
         needs: &["python3"],
         needs_files: &[],
         command: &["python3", "python/check_psycopg2.py"],
+        env: &[],
         extra: &[],
     },
     External {
@@ -153,6 +249,7 @@ const EXTERNAL: &[External] = &[
         needs: &["python3"],
         needs_files: &[],
         command: &["python3", "python/check_asyncpg.py"],
+        env: &[],
         extra: &[],
     },
     External {
@@ -160,6 +257,7 @@ const EXTERNAL: &[External] = &[
         needs: &["python3"],
         needs_files: &[],
         command: &["python3", "python/check_sqlalchemy.py"],
+        env: &[],
         extra: &[],
     },
     External {
@@ -167,20 +265,41 @@ const EXTERNAL: &[External] = &[
         needs: &["node"],
         needs_files: &[],
         command: &["node", "node/check_pg.js"],
+        env: &[],
         extra: &[],
     },
     External {
         name: "pgjdbc",
         needs: &["javac", "java"],
         needs_files: &[(JDBC_JAR, "apt-get install libpostgresql-jdbc-java")],
-        // Compiled first, see `run_external`. Java 17 prints in the locale's charset unless told.
-        command: &["java", "-Dfile.encoding=UTF-8", "-Dsun.stdout.encoding=UTF-8", "CheckJdbc"],
+        command: JAVA,
+        env: &[],
+        extra: &[],
+    },
+    External {
+        // Named server-side statements from the first run of each.
+        name: "pgjdbc (prepareThreshold=1)",
+        needs: &["javac", "java"],
+        needs_files: &[(JDBC_JAR, "apt-get install libpostgresql-jdbc-java")],
+        command: JAVA,
+        env: &[("COMPAT_PREPARE_THRESHOLD", "1")],
         extra: &[],
     },
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_compatibility_matrix() {
+    let jdbc = Arc::new(compile_jdbc_checks().await);
+    let mut failures = Vec::new();
+    for pass in PASSES {
+        failures.extend(run_pass(pass, &jdbc).await);
+    }
+    assert!(failures.is_empty(), "{} failed cell(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Runs every client against a proxy set up for `pass`, writes the matrix, and returns the
+/// failed cells.
+async fn run_pass(pass: &'static Pass, jdbc: &Arc<Result<tempfile::TempDir, String>>) -> Vec<String> {
     let started = Instant::now();
     let pg = PgServer::shared();
     let target =
@@ -188,40 +307,105 @@ async fn client_compatibility_matrix() {
     let mut config = Config::new(vec![target.parse().unwrap()]);
     config.port = 0;
     config.password = PasswordSource::File(pg.password_file());
+    config.pool.mode = pass.mode;
+    config.pool.max_size = pass.max_size.unwrap_or(config.pool.max_size);
+    config.pool.checkout_timeout = pass.checkout_timeout.unwrap_or(config.pool.checkout_timeout);
     let proxy = RunningProxy::start(config).await.expect("proxy starts");
-    let port = proxy.tcp_address(0).port();
+    let lock_dir = tempfile::tempdir().expect("a directory for COMPAT_LOCK");
+    let ctx = Ctx {
+        port: proxy.tcp_address(0).port(),
+        transaction: pass.mode == PoolMode::Transaction,
+        lock: pass.lock.then(|| Arc::new(lock_dir.path().join("lock"))),
+        copy: 0,
+    };
 
-    let slots = Arc::new(Semaphore::new(PARALLEL_CLIENTS));
+    let slots = Arc::new(Semaphore::new(pass.programs_at_once));
     let mut runs: Vec<BoxFuture<'static, (&'static str, Report)>> = Vec::new();
     for client in EXTERNAL {
-        let slots = slots.clone();
+        let (slots, ctx, jdbc) = (slots.clone(), ctx.clone(), jdbc.clone());
         runs.push(Box::pin(async move {
             let _slot = slots.acquire().await.unwrap();
-            (client.name, run_external(client, port).await)
+            let copies = (1..=pass.copies).map(|copy| run_external(client, Ctx { copy, ..ctx.clone() }, &jdbc));
+            (client.name, merge(futures_util::future::join_all(copies).await))
         }));
     }
-    runs.push(Box::pin(async move { ("tokio-postgres", timed(tokio_postgres_checks(port)).await) }));
-    runs.push(Box::pin(async move { ("sqlx", timed(sqlx_checks(port)).await) }));
+    let copies = |ctx: &Ctx| (1..=pass.copies).map(|copy| Ctx { copy, ..ctx.clone() }).collect::<Vec<_>>();
+    let tokio_copies = copies(&ctx);
+    runs.push(Box::pin(async move {
+        let reports = futures_util::future::join_all(tokio_copies.into_iter().map(|c| timed(tokio_postgres_checks(c))));
+        ("tokio-postgres", merge(reports.await))
+    }));
+    let sqlx_copies = copies(&ctx);
+    runs.push(Box::pin(async move {
+        let reports = futures_util::future::join_all(sqlx_copies.into_iter().map(|c| timed(sqlx_checks(c))));
+        ("sqlx", merge(reports.await))
+    }));
     let reports: Vec<(&str, Report)> = futures_util::future::join_all(runs).await;
     proxy.stop().await;
 
-    let matrix = render(&reports, started.elapsed());
+    let matrix = render(pass, &reports, started.elapsed());
     println!("{matrix}");
     let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").to_path_buf();
-    let path = target_dir.join("compat-matrix.md");
+    let path = target_dir.join(pass.file);
     std::fs::write(&path, &matrix).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     println!("(written to {})", path.display());
 
-    let failures: Vec<String> = reports
+    reports
         .iter()
         .flat_map(|(client, report)| {
             let checks = CHECKS.iter().chain(EXTRA_CHECKS).map(|(check, _)| *check);
             let failed = checks.filter_map(|check| Some((check, report.cells.get(check)?)));
             let failed = failed.filter(|(_, cell)| cell.status == Status::Fail);
-            failed.map(move |(check, cell)| format!("  {client} / {check}: {}", cell.detail))
+            let mode = pass.mode.name();
+            failed.map(move |(check, cell)| format!("  {mode}: {client} / {check}: {}", cell.detail))
         })
-        .collect();
-    assert!(failures.is_empty(), "{} failed cell(s):\n{}", failures.len(), failures.join("\n"));
+        .collect()
+}
+
+/// What a client run needs to know of its pass: where the proxy is, whether it pools by
+/// transaction, the lock (see [`Pass::lock`]), and which copy it is (1-based; 0 outside a
+/// run).
+#[derive(Clone)]
+struct Ctx {
+    port: u16,
+    transaction: bool,
+    lock: Option<Arc<PathBuf>>,
+    copy: usize,
+}
+
+/// The copies' reports as one: a cell fails if any copy's does (saying which copies and
+/// why), is n/a if every copy's is, and is ok if every copy's is.
+fn merge(mut copies: Vec<Report>) -> Report {
+    if copies.len() == 1 {
+        return copies.pop().unwrap();
+    }
+    let mut merged = Report {
+        version: copies.iter().map(|r| r.version.clone()).find(|v| !v.is_empty()).unwrap_or_default(),
+        elapsed: copies.iter().map(|r| r.elapsed).max().unwrap_or_default(),
+        ..Report::default()
+    };
+    let names: std::collections::BTreeSet<String> = copies.iter().flat_map(|r| r.cells.keys().cloned()).collect();
+    for name in names {
+        let missing = Cell::new(Status::Fail, "not reported");
+        let cells: Vec<&Cell> = copies.iter().map(|r| r.cells.get(&name).unwrap_or(&missing)).collect();
+        let all = |status| cells.iter().all(|c| c.status == status);
+        let (status, shown): (Status, Vec<(usize, &Cell)>) = if all(Status::Ok) || all(Status::NotApplicable) {
+            (cells[0].status, cells.iter().copied().enumerate().collect())
+        } else if cells.iter().any(|c| c.status == Status::Fail) {
+            (Status::Fail, cells.iter().copied().enumerate().filter(|(_, c)| c.status == Status::Fail).collect())
+        } else {
+            (Status::Fail, cells.iter().copied().enumerate().collect())
+        };
+        // One note when the copies agree, else each copy's.
+        let detail = if status != Status::Fail && shown.iter().all(|(_, c)| c.detail == shown[0].1.detail) {
+            shown[0].1.detail.clone()
+        } else {
+            let each = shown.iter().map(|(n, c)| format!("copy {}: {} {}", n + 1, c.status.word(), c.detail));
+            each.collect::<Vec<_>>().join("; ")
+        };
+        merged.cells.insert(name, Cell::new(status, detail));
+    }
+    merged
 }
 
 fn compat_dir() -> PathBuf {
@@ -240,7 +424,7 @@ fn on_path(program: &str) -> bool {
 
 /// Runs one client program and turns its output into cells; everything that goes wrong
 /// around it (a missing runtime, a crash, a timeout) becomes FAIL cells saying so.
-async fn run_external(client: &External, port: u16) -> Report {
+async fn run_external(client: &External, ctx: Ctx, jdbc: &Result<tempfile::TempDir, String>) -> Report {
     let started = Instant::now();
     let fail_all = |reason: String| Report {
         version: String::new(),
@@ -258,7 +442,8 @@ async fn run_external(client: &External, port: u16) -> Report {
     // Only the proxy's address: no password, no TLS settings, no service file from the
     // environment the tests happen to run in.
     for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("PG") {
+        let name_text = name.to_string_lossy();
+        if name_text.starts_with("PG") || name_text.starts_with("COMPAT_") {
             command.env_remove(name);
         }
     }
@@ -266,26 +451,28 @@ async fn run_external(client: &External, port: u16) -> Report {
         .args(&client.command[1..])
         .current_dir(compat_dir())
         .env("PGHOST", "127.0.0.1")
-        .env("PGPORT", port.to_string())
+        .env("PGPORT", ctx.port.to_string())
         .env("PGUSER", "compat")
         .env("PGDATABASE", APP_DB)
         .env("PGCONNECT_TIMEOUT", "10")
         .env("PYTHONDONTWRITEBYTECODE", "1")
+        .envs(client.env.iter().copied())
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    if ctx.transaction {
+        command.env("COMPAT_MODE", "transaction");
+    }
+    if let Some(lock) = &ctx.lock {
+        command.env("COMPAT_LOCK", lock.as_os_str());
+    }
 
-    // pgjdbc: compiled into a temporary directory first, which `java` finds on CLASSPATH.
-    let _classes = if client.name == "pgjdbc" {
-        match compile_jdbc_checks().await {
-            Ok(classes) => {
-                command.env("CLASSPATH", format!("{JDBC_JAR}:{}", classes.path().display()));
-                Some(classes)
-            }
-            Err(reason) => return fail_all(reason),
-        }
-    } else {
-        None
-    };
+    // pgjdbc: `java` finds the compiled checks on CLASSPATH.
+    if client.command == JAVA {
+        match jdbc {
+            Ok(classes) => command.env("CLASSPATH", format!("{JDBC_JAR}:{}", classes.path().display())),
+            Err(reason) => return fail_all(reason.clone()),
+        };
+    }
 
     let child = match command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
         Ok(child) => child,
@@ -306,7 +493,11 @@ async fn run_external(client: &External, port: u16) -> Report {
     report
 }
 
+/// Compiles the pgjdbc checks once for every run of them, into a temporary directory.
 async fn compile_jdbc_checks() -> Result<tempfile::TempDir, String> {
+    if !on_path("javac") {
+        return Err("missing: javac (not on PATH)".to_string());
+    }
     let classes = tempfile::tempdir().map_err(|e| format!("temp dir for javac: {e}"))?;
     let javac = tokio::process::Command::new("javac")
         .args(["-encoding", "UTF-8", "-cp", JDBC_JAR, "-d"])
@@ -361,11 +552,11 @@ fn tail(stderr: &[u8]) -> String {
 
 // ---- the matrix ----
 
-fn render(reports: &[(&str, Report)], total: Duration) -> String {
+fn render(pass: &Pass, reports: &[(&str, Report)], total: Duration) -> String {
     let mut rows: Vec<(&str, &str)> = CHECKS.to_vec();
     rows.extend(EXTRA_CHECKS.iter().filter(|(name, _)| reports.iter().any(|(_, r)| r.cells.contains_key(*name))));
     let mut out = String::new();
-    writeln!(out, "## Client compatibility matrix\n").unwrap();
+    writeln!(out, "## Client compatibility matrix: {}\n", pass.title).unwrap();
     let header: Vec<String> = reports.iter().map(|(client, _)| client.to_string()).collect();
     writeln!(out, "| check | {} |", header.join(" | ")).unwrap();
     writeln!(out, "|---|{}", "---|".repeat(reports.len())).unwrap();
@@ -393,7 +584,9 @@ fn render(reports: &[(&str, Report)], total: Duration) -> String {
             }
         }
     }
-    writeln!(out, "\nTotal {:.1} s, {PARALLEL_CLIENTS} client programs at a time.", total.as_secs_f64()).unwrap();
+    let copies = if pass.copies == 1 { String::new() } else { format!(", each {} times at once", pass.copies) };
+    let programs = pass.programs_at_once;
+    writeln!(out, "\nTotal {:.1} s, {programs} client programs at a time{copies}.", total.as_secs_f64()).unwrap();
     out
 }
 
@@ -440,13 +633,25 @@ async fn run_checks(version: String, checks: Vec<(&str, Check)>) -> Report {
             Check::NotApplicable(reason) => Cell::new(Status::NotApplicable, reason),
             Check::Run(check) => match tokio::time::timeout(Duration::from_secs(30), check).await {
                 Ok(Ok(note)) => Cell::new(Status::Ok, note.unwrap_or_default()),
-                Ok(Err(e)) => Cell::new(Status::Fail, one_line(e.to_string().as_bytes())),
+                Ok(Err(e)) => Cell::new(Status::Fail, one_line(with_sources(&*e).as_bytes())),
                 Err(_) => Cell::new(Status::Fail, "timed out after 30 s"),
             },
         };
         report.cells.insert(name.to_string(), cell);
     }
     report
+}
+
+/// An error and its causes: tokio-postgres says only "db error" until its source, the
+/// server's (or the proxy's) ErrorResponse, is shown.
+fn with_sources(error: &(dyn Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        write!(text, ": {cause}").unwrap();
+        source = cause.source();
+    }
+    text
 }
 
 /// The version of `package` that Cargo.lock resolved.
@@ -461,6 +666,58 @@ fn locked_version(package: &str) -> String {
 /// 0x00..=0xff.
 fn all_bytes() -> Vec<u8> {
     (0..=255).collect()
+}
+
+impl Ctx {
+    /// Marks this copy's statements and channels among those of the copies running at the
+    /// same time (the programs' `tag`).
+    fn tag(&self, client: &str) -> String {
+        format!("compat_{client}_{}_{}", std::process::id(), self.copy)
+    }
+
+    /// Takes the lock of [`Pass::lock`], when the pass has one, until the guard is dropped.
+    async fn exclusive(&self) -> Result<Exclusive, BoxError> {
+        let Some(path) = self.lock.clone() else { return Ok(Exclusive(None)) };
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match std::fs::create_dir(&*path) {
+                Ok(()) => return Ok(Exclusive(Some(path))),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => return Err(format!("COMPAT_LOCK {}: {e}", path.display()).into()),
+            }
+        }
+    }
+}
+
+/// The lock of [`Pass::lock`], given back when dropped.
+struct Exclusive(Option<Arc<PathBuf>>);
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_dir(&**path);
+        }
+    }
+}
+
+/// The statements whose text holds `$1` (a tag) on the server connection that runs this: its
+/// name, how often it was executed there, and whether SQL PREPARE made it.
+const PREPARED_LOOKUP: &str = "SELECT name, (generic_plans + custom_plans)::int, from_sql FROM pg_prepared_statements \
+                               WHERE strpos(statement, $1) > 0";
+
+/// What [`PREPARED_LOOKUP`] found, run in the transaction of the statement's last `runs`
+/// executions: exactly one protocol-level statement with this text on that server connection,
+/// executed at least `runs` times there. In transaction mode its name is the proxy's (`_lbpN`),
+/// so it is found by its text; the count shows the client's statement was reused, not parsed
+/// again under another name.
+fn check_prepared(rows: Vec<(String, i32, bool)>, runs: i32) -> Result<String, BoxError> {
+    equal(rows.len(), 1, "server-side statements with this text")?;
+    let (name, executions, from_sql) = &rows[0];
+    ensure(!from_sql, format!("{name} was prepared by SQL PREPARE, not by the protocol"))?;
+    ensure(*executions >= runs, format!("{name} executed {executions} time(s) on this server, want >= {runs}"))?;
+    Ok(format!("{name}, executed {executions} times on the server"))
 }
 
 mod tokio_pg {
@@ -505,15 +762,23 @@ mod tokio_pg {
         Ok(None)
     }
 
-    pub async fn prepared(port: u16) -> CheckResult {
-        let client = connect(port).await?;
-        let statement = client.prepare("SELECT $1::int * 2").await?;
-        for i in 0..3i32 {
+    pub async fn prepared(ctx: Ctx) -> CheckResult {
+        let mut client = connect(ctx.port).await?;
+        let tag = ctx.tag("tokio_postgres");
+        let statement = client.prepare(&format!("SELECT $1::int * 2 /* {tag} */")).await?;
+        // Outside a transaction block each run may take another server connection in
+        // transaction mode.
+        for i in 0..6i32 {
             equal(client.query_one(&statement, &[&i]).await?.get::<_, i32>(0), i * 2, "result")?;
         }
-        let count: i64 = client.query_one("SELECT count(*) FROM pg_prepared_statements", &[]).await?.get(0);
-        ensure(count >= 1, "no server-side prepared statement")?;
-        Ok(None)
+        // The last runs and the lookup in one transaction: one server connection.
+        let tx = client.transaction().await?;
+        for i in 0..2i32 {
+            equal(tx.query_one(&statement, &[&i]).await?.get::<_, i32>(0), i * 2, "result")?;
+        }
+        let rows = tx.query(PREPARED_LOOKUP, &[&tag]).await?;
+        tx.commit().await?;
+        Ok(Some(check_prepared(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect(), 2)?))
     }
 
     async fn transaction(port: u16, commit: bool) -> CheckResult {
@@ -573,7 +838,8 @@ mod tokio_pg {
         Ok(None)
     }
 
-    pub async fn listen_notify(port: u16) -> CheckResult {
+    pub async fn listen_notify(ctx: Ctx) -> CheckResult {
+        let (port, _lock, channel) = (ctx.port, ctx.exclusive().await?, ctx.tag("tokio_postgres"));
         // Notifications arrive through the connection object, not the client.
         let (listener, mut connection) = config(port).connect(NoTls).await?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -583,10 +849,12 @@ mod tokio_pg {
                 let _ = tx.send(message);
             }
         });
-        listener.batch_execute("LISTEN compat_tokio_postgres").await?;
+        listener.batch_execute(&format!("LISTEN {channel}")).await?;
         let sender = connect(port).await?;
-        let sender_pid: i32 = sender.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
-        sender.execute("SELECT pg_notify('compat_tokio_postgres', $1)", &[&UNICODE]).await?;
+        // The NOTIFY and pg_backend_pid() in one statement: the pid of the server process that
+        // sent it, in transaction mode too.
+        let query = "SELECT pg_backend_pid() FROM pg_notify($1, $2)";
+        let sent_by: i32 = sender.query_one(query, &[&channel, &UNICODE]).await?.get(0);
         let note = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 match rx.recv().await {
@@ -599,8 +867,13 @@ mod tokio_pg {
         .await
         .map_err(|_| "no notification within 5 s")?
         .ok_or("the listener's connection ended")?;
-        equal((note.channel(), note.payload()), ("compat_tokio_postgres", UNICODE), "notification")?;
-        equal(note.process_id(), sender_pid, "sender pid")?;
+        equal((note.channel(), note.payload()), (channel.as_str(), UNICODE), "notification")?;
+        equal(note.process_id(), sent_by, "sender pid")?;
+        if !ctx.transaction {
+            // In session mode every statement of the sender's session runs in that process.
+            let session_pid: i32 = sender.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+            equal(note.process_id(), session_pid, "the sender session's pid")?;
+        }
         Ok(None)
     }
 
@@ -649,7 +922,8 @@ mod tokio_pg {
         Ok(None)
     }
 
-    pub async fn concurrent(port: u16) -> CheckResult {
+    pub async fn concurrent(ctx: Ctx) -> CheckResult {
+        let port = ctx.port;
         // No pool in tokio-postgres (deadpool-postgres and bb8 are separate crates): 4 clients.
         let sessions = (0..4).map(|_| async move {
             let client = connect(port).await?;
@@ -659,28 +933,38 @@ mod tokio_pg {
         let mut pids = futures_util::future::try_join_all(sessions).await?;
         pids.sort();
         pids.dedup();
+        if ctx.transaction {
+            // The 4 sessions share the pool's server connections, so their server pids do not
+            // tell them apart, and tokio-postgres does not show the pid of BackendKeyData:
+            // they are 4 connections by construction, all answered.
+            return Ok(Some(format!(
+                "4 clients at once (no pool in the crate), on {} server connection(s)",
+                pids.len()
+            )));
+        }
         equal(pids.len(), 4, "distinct sessions")?;
         Ok(Some("4 clients at once (no pool in the crate)".into()))
     }
 }
 
-async fn tokio_postgres_checks(port: u16) -> Report {
+async fn tokio_postgres_checks(ctx: Ctx) -> Report {
     use tokio_pg::*;
+    let port = ctx.port;
     let checks: Vec<(&str, Check)> = vec![
         ("simple", run(simple(port))),
         ("params", run(params(port))),
-        ("prepared", run(prepared(port))),
+        ("prepared", run(prepared(ctx.clone()))),
         ("commit", run(commit(port))),
         ("rollback", run(rollback(port))),
         ("error_recovery", run(error_recovery(port))),
         ("copy_in", run(copy_in(port))),
         ("copy_out", run(copy_out(port))),
-        ("listen_notify", run(listen_notify(port))),
+        ("listen_notify", run(listen_notify(ctx.clone()))),
         ("cancel", run(cancel(port))),
         ("bytea", run(bytea(port))),
         ("unicode", run(unicode(port))),
         ("large_result", run(large_result(port))),
-        ("concurrent", run(concurrent(port))),
+        ("concurrent", run(concurrent(ctx.clone()))),
     ];
     run_checks(locked_version("tokio-postgres"), checks).await
 }
@@ -735,15 +1019,25 @@ mod sqlx_client {
         Ok(None)
     }
 
-    pub async fn prepared(port: u16) -> CheckResult {
-        let mut conn = connect(port).await?;
-        for i in 0..3i32 {
-            let got: i32 = sqlx::query_scalar("SELECT $1::int * 2").bind(i).fetch_one(&mut conn).await?;
+    pub async fn prepared(ctx: Ctx) -> CheckResult {
+        let mut conn = connect(ctx.port).await?;
+        let tag = ctx.tag("sqlx");
+        let query = format!("SELECT $1::int * 2 /* {tag} */");
+        // Outside a transaction block each run may take another server connection in
+        // transaction mode.
+        for i in 0..6i32 {
+            let got: i32 = sqlx::query_scalar(&query).bind(i).fetch_one(&mut conn).await?;
             equal(got, i * 2, "result")?;
         }
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements").fetch_one(&mut conn).await?;
-        ensure(count >= 1, "no server-side prepared statement")?;
-        Ok(Some("sqlx's statement cache".into()))
+        // The last runs and the lookup in one transaction: one server connection.
+        let mut tx = conn.begin().await?;
+        for i in 0..2i32 {
+            let got: i32 = sqlx::query_scalar(&query).bind(i).fetch_one(&mut *tx).await?;
+            equal(got, i * 2, "result")?;
+        }
+        let rows: Vec<(String, i32, bool)> = sqlx::query_as(PREPARED_LOOKUP).bind(&tag).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Some(format!("sqlx's statement cache: {}", check_prepared(rows, 2)?)))
     }
 
     async fn transaction(port: u16, commit: bool) -> CheckResult {
@@ -803,19 +1097,37 @@ mod sqlx_client {
         Ok(Some("copy_out_raw".into()))
     }
 
-    pub async fn listen_notify(port: u16) -> CheckResult {
+    pub async fn listen_notify(ctx: Ctx) -> CheckResult {
+        let (port, _lock, channel) = (ctx.port, ctx.exclusive().await?, ctx.tag("sqlx"));
         let pool = PgPoolOptions::new().max_connections(2).connect_with(options(port)).await?;
-        let mut listener = PgListener::connect_with(&pool).await?;
-        listener.listen("compat_sqlx").await?;
-        let mut sender = connect(port).await?;
-        let sender_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut sender).await?;
-        sqlx::query("SELECT pg_notify('compat_sqlx', $1)").bind(UNICODE).execute(&mut sender).await?;
-        let note = tokio::time::timeout(Duration::from_secs(5), listener.recv())
-            .await
-            .map_err(|_| "no notification within 5 s")??;
-        equal((note.channel(), note.payload()), ("compat_sqlx", UNICODE), "notification")?;
-        equal(note.process_id() as i32, sender_pid, "sender pid")?;
-        Ok(Some("PgListener".into()))
+        let result = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(&channel).await?;
+            let mut sender = connect(port).await?;
+            // The NOTIFY and pg_backend_pid() in one statement: the pid of the server process
+            // that sent it, in transaction mode too.
+            let sent_by: i32 = sqlx::query_scalar("SELECT pg_backend_pid() FROM pg_notify($1, $2)")
+                .bind(&channel)
+                .bind(UNICODE)
+                .fetch_one(&mut sender)
+                .await?;
+            let note = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+                .await
+                .map_err(|_| "no notification within 5 s")??;
+            equal((note.channel(), note.payload()), (channel.as_str(), UNICODE), "notification")?;
+            equal(note.process_id() as i32, sent_by, "sender pid")?;
+            if !ctx.transaction {
+                // In session mode every statement of the sender's session runs in that process.
+                let session_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut sender).await?;
+                equal(note.process_id() as i32, session_pid, "the sender session's pid")?;
+            }
+            Ok::<_, BoxError>(Some("PgListener".into()))
+        }
+        .await;
+        // The listening session ends here, not whenever the pool's tasks get to it: in
+        // transaction mode it holds one of the two server connections until it does.
+        pool.close().await;
+        result
     }
 
     pub async fn bytea(port: u16) -> CheckResult {
@@ -850,35 +1162,45 @@ mod sqlx_client {
         Ok(None)
     }
 
-    pub async fn concurrent(port: u16) -> CheckResult {
+    pub async fn concurrent(ctx: Ctx) -> CheckResult {
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options(port))
+            .connect_with(options(ctx.port))
             .await?;
         let queries =
             (0..8).map(|_| sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid() FROM pg_sleep(0.2)").fetch_one(&pool));
-        let mut pids = futures_util::future::try_join_all(queries).await?;
+        let pids = futures_util::future::try_join_all(queries).await;
+        let sessions = pool.size();
         pool.close().await;
+        let mut pids = pids?;
         pids.sort();
         pids.dedup();
+        if ctx.transaction {
+            // The sessions share the pool's server connections, so their server pids do not
+            // tell them apart, and sqlx does not show the pid of BackendKeyData: the pool's own
+            // count of open connections counts them.
+            ensure(sessions >= 2, format!("only {sessions} session(s) used"))?;
+            return Ok(Some(format!("PgPool, {sessions} sessions on {} server connection(s)", pids.len())));
+        }
         ensure(pids.len() >= 2, format!("only {} session(s) used", pids.len()))?;
         Ok(Some(format!("PgPool, {} sessions", pids.len())))
     }
 }
 
-async fn sqlx_checks(port: u16) -> Report {
+async fn sqlx_checks(ctx: Ctx) -> Report {
     use sqlx_client::*;
+    let port = ctx.port;
     let checks: Vec<(&str, Check)> = vec![
         ("simple", run(simple(port))),
         ("params", run(params(port))),
-        ("prepared", run(prepared(port))),
+        ("prepared", run(prepared(ctx.clone()))),
         ("commit", run(commit(port))),
         ("rollback", run(rollback(port))),
         ("error_recovery", run(error_recovery(port))),
         ("copy_in", run(copy_in(port))),
         ("copy_out", run(copy_out(port))),
-        ("listen_notify", run(listen_notify(port))),
+        ("listen_notify", run(listen_notify(ctx.clone()))),
         // sqlx 0.8 keeps the BackendKeyData but has no API to send a CancelRequest; dropping
         // the future leaves the query running until the connection is used again.
         (
@@ -888,7 +1210,7 @@ async fn sqlx_checks(port: u16) -> Report {
         ("bytea", run(bytea(port))),
         ("unicode", run(unicode(port))),
         ("large_result", run(large_result(port))),
-        ("concurrent", run(concurrent(port))),
+        ("concurrent", run(concurrent(ctx.clone()))),
     ];
     run_checks(locked_version("sqlx"), checks).await
 }

@@ -1,15 +1,42 @@
 #!/usr/bin/env bash
 # psql through lakebase-proxy. Run by tests/compat.rs with PGHOST/PGPORT/PGUSER/PGDATABASE
 # set; prints `CHECK <name> ok|FAIL|n/a [detail]` per check, like the other clients.
-set -u
+# COMPAT_LOCK (set by tests/compat.rs in transaction mode, see tests/compat/python/compat.py):
+# a directory that the checks holding a server connection while they wait for another session
+# (LISTEN/NOTIFY, the cancel) create before they start and remove after.
+set -u -o pipefail
 export PGCLIENTENCODING=UTF8
 UNICODE='ünïcødé ✓ 漢字'
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+# exclusive / release: take and give back COMPAT_LOCK, when it is set (mkdir is atomic). After
+# 60 s the check runs without it (and fails if it really needed it).
+held=0
+exclusive() {
+  [ -n "${COMPAT_LOCK:-}" ] || return 0
+  local tries=0
+  until mkdir "$COMPAT_LOCK" 2>/dev/null; do
+    tries=$((tries + 1))
+    [ "$tries" -lt 3000 ] || return 0
+    sleep 0.02
+  done
+  held=1
+}
+release() {
+  [ "$held" = 1 ] && rmdir "$COMPAT_LOCK"
+  held=0
+}
+
+# Notices (SQLSTATE 00000) are no check's output: the proxy sends one to a client that waits
+# more than a second for a server connection, as clients do in transaction mode when the
+# others hold every connection.
+drop_notices() { sed -E '/^(psql:[^ ]*: )?NOTICE:  00000$/d'; }
+
 # psql without ~/.psqlrc, unaligned tuples only, errors shown as their SQLSTATE alone
-# (stable across server versions), stderr with stdout.
-sql() { psql -X -A -t -q -v VERBOSITY=sqlstate "$@" 2>&1; }
+# (stable across server versions), stderr with stdout, notices dropped. (Its exit status is
+# psql's: pipefail.)
+sql() { psql -X -A -t -q -v VERBOSITY=sqlstate "$@" 2>&1 | drop_notices; }
 
 # expect NAME WANT GOT [NOTE]: ok if GOT is WANT.
 expect() {
@@ -32,9 +59,12 @@ else
   echo "CHECK params n/a psql $version has no \\bind (16+): it sends simple queries only"
 fi
 
-# psql has no client-side prepare (before 18's \parse): SQL PREPARE/EXECUTE is its way.
-expect prepared "2|4|1" "$(sql -c 'PREPARE double (int) AS SELECT $1 * 2' -c 'EXECUTE double (1)' \
-  -c 'EXECUTE double (2)' -c "SELECT count(*) FROM pg_prepared_statements WHERE name = 'double'" | paste -sd '|')" \
+# psql has no client-side prepare (before 18's \parse): SQL PREPARE/EXECUTE is its way. (SQL
+# PREPARE pins the session to its server connection in transaction mode, so the statement keeps
+# its own name there.) Found by name: prepared by SQL, executed twice.
+expect prepared "2|4|t|2" "$(sql -c 'PREPARE double (int) AS SELECT $1 * 2' -c 'EXECUTE double (1)' \
+  -c 'EXECUTE double (2)' \
+  -c "SELECT from_sql, generic_plans + custom_plans FROM pg_prepared_statements WHERE name = 'double'" | paste -sd '|')" \
   "SQL PREPARE/EXECUTE"
 
 expect commit "1" "$(sql -c 'CREATE TEMP TABLE t (v int)' -c 'BEGIN' -c 'INSERT INTO t VALUES (1)' -c 'COMMIT' \
@@ -62,26 +92,34 @@ failed=$(sql -c "\\copy (SELECT g, 'ü' || g FROM generate_series(1, 10000) g) T
 expect copy_out "10000|10000	ü10000" "$failed$(wc -l <"$work/out.tsv")|$(tail -n 1 "$work/out.tsv")" '\copy'
 
 # LISTEN here, NOTIFY from a second psql (run with \! while this session idles), then any
-# command: psql prints the notification that arrived meanwhile, with the sender's pid.
+# command: psql prints the notification that arrived meanwhile, with the pid of the server
+# process that ran the NOTIFY (pg_backend_pid() in the same statement). The channel is this
+# program's own: copies of it run at the same time.
+channel=compat_psql_$$
+exclusive
 out=$(sql -f - <<EOF
-LISTEN compat_psql;
-\! psql -X -A -t -c "SELECT pg_backend_pid() FROM pg_notify('compat_psql', '$UNICODE')"
+LISTEN $channel;
+\! psql -X -A -t -v VERBOSITY=sqlstate -c "SELECT pg_backend_pid() FROM pg_notify('$channel', '$UNICODE')"
 SELECT 'next';
 EOF
 )
+release
 pid=$(printf %s "$out" | head -n 1)
 expect listen_notify "$pid
 next
-Asynchronous notification \"compat_psql\" with payload \"$UNICODE\" received from server process with PID $pid." "$out"
+Asynchronous notification \"$channel\" with payload \"$UNICODE\" received from server process with PID $pid." "$out"
 
 # Ctrl-C: psql answers SIGINT by sending a CancelRequest for the running query. (A background
 # job of a script ignores SIGINT, but psql installs its own handler; it must be psql itself in
 # the background, not a shell function around it.) The signal is sent once the query is seen
-# running: before that psql has nothing to cancel and would sleep the full 30 s.
-PGAPPNAME=compat-psql-cancel psql -X -A -t -q -v VERBOSITY=sqlstate -c 'SELECT pg_sleep(30)' >"$work/cancel.out" 2>&1 &
+# running: before that psql has nothing to cancel and would sleep the full 30 s. The
+# application name is this program's own: copies of it run at the same time.
+app=compat-psql-cancel-$$
+exclusive
+PGAPPNAME=$app psql -X -A -t -q -v VERBOSITY=sqlstate -c 'SELECT pg_sleep(30)' >"$work/cancel.out" 2>&1 &
 psql_pid=$!
 for _ in $(seq 1 100); do
-  running=$(sql -c "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'compat-psql-cancel' AND state = 'active'")
+  running=$(sql -c "SELECT count(*) FROM pg_stat_activity WHERE application_name = '$app' AND state = 'active'")
   [ "$running" = 1 ] && break
   sleep 0.1
 done
@@ -89,11 +127,12 @@ started=$(date +%s%N)
 kill -INT "$psql_pid"
 wait "$psql_pid"
 took_ms=$((($(date +%s%N) - started) / 1000000))
+release
 if [ "$running" != 1 ]; then
   echo "CHECK cancel FAIL pg_sleep(30) not seen running in pg_stat_activity within 10 s: $running"
 elif [ "$took_ms" -lt 5000 ]; then
   expect cancel "Cancel request sent
-ERROR:  57014" "$(cat "$work/cancel.out")" "SIGINT, psql exited ${took_ms} ms later"
+ERROR:  57014" "$(drop_notices <"$work/cancel.out")" "SIGINT, psql exited ${took_ms} ms later"
 else
   echo "CHECK cancel FAIL psql exited ${took_ms} ms after SIGINT: $(tr '\n' '|' <"$work/cancel.out")"
 fi

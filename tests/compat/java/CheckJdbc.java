@@ -1,11 +1,23 @@
 // The PostgreSQL JDBC driver (pgjdbc) through lakebase-proxy. Run by tests/compat.rs with
 // PGHOST/PGPORT/PGUSER/PGDATABASE set; prints `CHECK <name> ok|FAIL|n/a [detail]` per check.
 //
-// prepareThreshold=1 makes pgjdbc use a named server-side statement from the first execution
-// (its default waits for the 5th), so prepared statements cross the proxy in every check.
+// COMPAT_PREPARE_THRESHOLD=N adds prepareThreshold=N to every connection: 1 makes pgjdbc use
+// a named server-side statement from the first execution, so prepared statements cross the
+// proxy in every check; unset, pgjdbc's default (named from the 5th execution of a statement).
+// Set by tests/compat.rs for its transaction-mode pass (see tests/compat/python/compat.py):
+// COMPAT_MODE=transaction, the proxy pools by transaction: statements of one session may run
+// on different server connections and BackendKeyData carries the proxy's key, so checks that
+// compare pids say which pid they mean in each mode; COMPAT_LOCK=<path>, a directory that a
+// check holding a server connection while it waits for another session (LISTEN/NOTIFY) creates
+// first and removes after, so that two such checks never hold both shared connections.
 
+import java.io.IOException;
 import java.io.StringReader;
 import java.io.StringWriter;
+import java.nio.file.FileAlreadyExistsException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.Paths;
 import java.sql.Connection;
 import java.sql.DriverManager;
 import java.sql.PreparedStatement;
@@ -39,6 +51,11 @@ public class CheckJdbc {
         for (int i = 0; i < 256; i++) BYTES[i] = (byte) i;
     }
 
+    static final String THRESHOLD = System.getenv("COMPAT_PREPARE_THRESHOLD");
+    static final boolean TRANSACTION = "transaction".equals(System.getenv("COMPAT_MODE"));
+    // Marks this program's statements and channels: copies of it run at the same time.
+    static final String TAG = "compat_jdbc_" + ProcessHandle.current().pid();
+
     interface Check {
         String run() throws Exception; // null or a note
     }
@@ -46,7 +63,8 @@ public class CheckJdbc {
     static String url(String extra) {
         // No password: the proxy trusts loopback clients.
         return "jdbc:postgresql://" + System.getenv("PGHOST") + ":" + System.getenv("PGPORT") + "/"
-                + System.getenv("PGDATABASE") + "?user=" + System.getenv("PGUSER") + "&prepareThreshold=1" + extra;
+                + System.getenv("PGDATABASE") + "?user=" + System.getenv("PGUSER")
+                + (THRESHOLD == null ? "" : "&prepareThreshold=" + THRESHOLD) + extra;
     }
 
     static Connection connect() throws SQLException {
@@ -105,20 +123,41 @@ public class CheckJdbc {
         return null;
     }
 
+    static void runDouble(PreparedStatement ps, int i) throws SQLException {
+        ps.setInt(1, i);
+        try (ResultSet r = ps.executeQuery()) {
+            r.next();
+            equal(r.getInt(1), i * 2, "result");
+        }
+    }
+
     static String prepared() throws Exception {
-        try (Connection c = connect(); PreparedStatement ps = c.prepareStatement("SELECT ?::int * 2")) {
-            for (int i = 0; i < 3; i++) {
-                ps.setInt(1, i);
-                try (ResultSet r = ps.executeQuery()) {
-                    r.next();
-                    equal(r.getInt(1), i * 2, "result");
+        try (Connection c = connect(); PreparedStatement ps = c.prepareStatement("SELECT ?::int * 2 /* " + TAG + " */")) {
+            // 6 runs reach the named statement with either threshold (1, or the default 5); in
+            // autocommit each may take another server connection in transaction mode.
+            for (int i = 0; i < 6; i++) runDouble(ps, i);
+            ensure(ps.unwrap(PGStatement.class).isUseServerPrepare(), "pgjdbc did not use a server-side statement");
+            // The last runs and the lookup in one transaction: one server connection. The
+            // server's name is the proxy's in transaction mode, so the statement is found by
+            // its text; the execution count shows the named statement was reused.
+            c.setAutoCommit(false);
+            for (int i = 0; i < 2; i++) runDouble(ps, i);
+            List<Object[]> rows = new ArrayList<>();
+            try (PreparedStatement lookup = c.prepareStatement("SELECT name, (generic_plans + custom_plans)::int, from_sql"
+                    + " FROM pg_prepared_statements WHERE strpos(statement, ?) > 0")) {
+                lookup.setString(1, TAG);
+                try (ResultSet r = lookup.executeQuery()) {
+                    while (r.next()) rows.add(new Object[] {r.getString(1), r.getInt(2), r.getBoolean(3)});
                 }
             }
-            ensure(ps.unwrap(PGStatement.class).isUseServerPrepare(), "pgjdbc did not use a server-side statement");
-            ensure(((Number) one(c, "SELECT count(*) FROM pg_prepared_statements")).intValue() >= 1,
-                    "no statement in pg_prepared_statements");
+            c.commit();
+            equal(rows.size(), 1, "server-side statements with this text");
+            String name = (String) rows.get(0)[0];
+            int executions = (Integer) rows.get(0)[1];
+            ensure(!(Boolean) rows.get(0)[2], name + " was prepared by SQL PREPARE");
+            ensure(executions >= 2, name + " executed " + executions + " time(s) on this server, want >= 2");
+            return name + ", executed " + executions + " times on the server";
         }
-        return null;
     }
 
     static String commit() throws Exception {
@@ -178,19 +217,55 @@ public class CheckJdbc {
         return "CopyManager";
     }
 
-    static String listenNotify() throws Exception {
-        try (Connection listener = connect(); Connection sender = connect()) {
-            listener.createStatement().execute("LISTEN compat_jdbc");
-            try (PreparedStatement ps = sender.prepareStatement("SELECT pg_notify('compat_jdbc', ?)")) {
-                ps.setString(1, UNICODE);
-                ps.execute();
+    /** Holds COMPAT_LOCK (see the top) while `check` runs, when it is set. */
+    static String exclusive(Check check) throws Exception {
+        String lock = System.getenv("COMPAT_LOCK");
+        if (lock == null) return check.run();
+        Path path = Paths.get(lock);
+        long deadline = System.nanoTime() + 60_000_000_000L;
+        while (true) {
+            try {
+                Files.createDirectory(path);
+                break;
+            } catch (FileAlreadyExistsException e) {
+                if (System.nanoTime() > deadline) throw new IOException("COMPAT_LOCK still held by another check after 60s");
+                Thread.sleep(20);
             }
-            PGNotification[] notes = listener.unwrap(PGConnection.class).getNotifications(5000);
-            ensure(notes != null && notes.length > 0, "no notification within 5s");
-            equal(notes[0].getName() + "/" + notes[0].getParameter(), "compat_jdbc/" + UNICODE, "notification");
-            equal(notes[0].getPID(), sender.unwrap(PGConnection.class).getBackendPID(), "sender pid");
         }
-        return null;
+        try {
+            return check.run();
+        } finally {
+            Files.delete(path);
+        }
+    }
+
+    static String listenNotify() throws Exception {
+        return exclusive(() -> {
+            try (Connection listener = connect(); Connection sender = connect()) {
+                listener.createStatement().execute("LISTEN " + TAG);
+                int pid;
+                // The NOTIFY and pg_backend_pid() in one statement: the pid of the server
+                // process that sent it, in transaction mode too.
+                try (PreparedStatement ps = sender.prepareStatement("SELECT pg_backend_pid() FROM pg_notify(?, ?)")) {
+                    ps.setString(1, TAG);
+                    ps.setString(2, UNICODE);
+                    try (ResultSet r = ps.executeQuery()) {
+                        r.next();
+                        pid = r.getInt(1);
+                    }
+                }
+                PGNotification[] notes = listener.unwrap(PGConnection.class).getNotifications(5000);
+                ensure(notes != null && notes.length > 0, "no notification within 5s");
+                equal(notes[0].getName() + "/" + notes[0].getParameter(), TAG + "/" + UNICODE, "notification");
+                equal(notes[0].getPID(), pid, "sender pid");
+                if (!TRANSACTION) {
+                    // BackendKeyData names the same server process (in transaction mode it
+                    // carries the proxy's key).
+                    equal(notes[0].getPID(), sender.unwrap(PGConnection.class).getBackendPID(), "sender pid from BackendKeyData");
+                }
+            }
+            return null;
+        });
     }
 
     static String cancel() throws Exception {
@@ -280,25 +355,35 @@ public class CheckJdbc {
         // pgjdbc has no pool of its own (applications add HikariCP or similar):
         // 4 threads with a connection each.
         ExecutorService threads = Executors.newFixedThreadPool(4);
-        List<Future<Integer>> pids = new ArrayList<>();
+        List<Future<int[]>> pids = new ArrayList<>();
         for (int i = 0; i < 4; i++) {
-            Callable<Integer> work = () -> {
+            Callable<int[]> work = () -> {
                 try (Connection c = connect()) {
-                    return (Integer) one(c, "SELECT pg_backend_pid() FROM pg_sleep(0.2)");
+                    int server = (Integer) one(c, "SELECT pg_backend_pid() FROM pg_sleep(0.2)");
+                    return new int[] {c.unwrap(PGConnection.class).getBackendPID(), server};
                 }
             };
             pids.add(threads.submit(work));
         }
         threads.shutdown();
-        Set<Integer> distinct = new HashSet<>();
-        for (Future<Integer> pid : pids) distinct.add(pid.get(10, TimeUnit.SECONDS));
-        equal(distinct.size(), 4, "distinct sessions");
-        return "4 threads, no pool in pgjdbc";
+        // Session mode: each session is its own server process. Transaction mode: the
+        // sessions share the proxy's few server connections, so they are told apart by the
+        // pid the proxy issued each in BackendKeyData.
+        Set<Integer> sessions = new HashSet<>();
+        Set<Integer> servers = new HashSet<>();
+        for (Future<int[]> pid : pids) {
+            int[] pair = pid.get(10, TimeUnit.SECONDS);
+            sessions.add(TRANSACTION ? pair[0] : pair[1]);
+            servers.add(pair[1]);
+        }
+        equal(sessions.size(), 4, "distinct sessions");
+        return "4 threads, no pool in pgjdbc" + (TRANSACTION ? "; on " + servers.size() + " server connection(s)" : "");
     }
 
     public static void main(String[] args) {
         System.out.println("VERSION pgjdbc " + org.postgresql.util.DriverInfo.DRIVER_VERSION
-                + ", Java " + System.getProperty("java.version"));
+                + ", Java " + System.getProperty("java.version")
+                + (THRESHOLD == null ? "" : ", prepareThreshold=" + THRESHOLD));
         Object[][] checks = {
             {"simple", (Check) CheckJdbc::simple},
             {"params", (Check) CheckJdbc::params},

@@ -1,6 +1,13 @@
 // node-postgres (`pg`, with pg-copy-streams for COPY) through lakebase-proxy.
 // Run by tests/compat.rs with PGHOST/PGPORT/PGUSER/PGDATABASE set; prints one line per check:
 // `CHECK <name> ok|FAIL|n/a [detail]`, or `MISSING <what>` when a package is not installed.
+//
+// Set by tests/compat.rs for its transaction-mode pass (see tests/compat/python/compat.py):
+// COMPAT_MODE=transaction, the proxy pools by transaction: statements of one session may run
+// on different server connections and BackendKeyData carries the proxy's key, so checks that
+// compare pids say which pid they mean in each mode; COMPAT_LOCK=<path>, a directory that a
+// check holding a server connection while it waits for another session (LISTEN/NOTIFY) creates
+// first and removes after, so that two such checks never hold both shared connections.
 'use strict'
 
 let pg, copyFrom, copyTo
@@ -23,6 +30,11 @@ const LARGE_ROWS = 100000
 const LARGE_VALUE = 10 * 1024 * 1024
 const CANCEL_AFTER_MS = 500
 const CANCEL_LIMIT_MS = 5000
+const TRANSACTION = process.env.COMPAT_MODE === 'transaction'
+// Marks this program's statements and channels: copies of it run at the same time.
+const TAG = `compat_node_${process.pid}`
+const PREPARED_LOOKUP = 'SELECT name, (generic_plans + custom_plans)::int, from_sql FROM pg_prepared_statements WHERE strpos(statement, $1) > 0'
+const fs = require('node:fs')
 
 function equal (got, want, what = 'value') {
   const [g, w] = [JSON.stringify(got), JSON.stringify(want)]
@@ -48,6 +60,28 @@ async function one (client, text, values) {
   return (await client.query({ text, values, rowMode: 'array' })).rows[0]
 }
 
+// Holds COMPAT_LOCK (see the top) while `body` runs, when it is set.
+async function exclusive (body) {
+  const path = process.env.COMPAT_LOCK
+  if (!path) return body()
+  const deadline = Date.now() + 60000
+  for (;;) {
+    try {
+      fs.mkdirSync(path)
+      break
+    } catch (e) {
+      if (e.code !== 'EEXIST') throw e
+      if (Date.now() > deadline) throw new Error('COMPAT_LOCK still held by another check after 60s')
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+  }
+  try {
+    return await body()
+  } finally {
+    fs.rmdirSync(path)
+  }
+}
+
 async function expectError (promise, sqlstate) {
   try {
     await promise
@@ -70,13 +104,25 @@ const checks = {
     equal(await one(c, "SELECT $1::int + $2::int, $3::text || '!'", [40, 2, 'hi']), [42, 'hi!'])
   }),
 
-  // A `name` makes node-postgres Parse once and reuse the named statement.
+  // A `name` makes node-postgres Parse once and reuse the named statement: later runs send
+  // only Bind and Execute for it, and in transaction mode may each take another server
+  // connection, where the proxy prepares the statement again.
   prepared: () => withClient(async (c) => {
-    for (let i = 0; i < 3; i++) {
-      const r = await c.query({ name: 'compat_double', text: 'SELECT $1::int * 2 AS v', values: [i] })
-      equal(r.rows[0].v, i * 2)
-    }
-    equal(await one(c, "SELECT count(*)::int FROM pg_prepared_statements WHERE name = 'compat_double'"), [1])
+    const text = `SELECT $1::int * 2 AS v /* ${TAG} */`
+    const run = async (i) => equal((await c.query({ name: 'compat_double', text, values: [i] })).rows[0].v, i * 2)
+    for (let i = 0; i < 6; i++) await run(i)
+    // The last runs and the lookup in one transaction: one server connection. The server's
+    // name is the proxy's in transaction mode, so the statement is found by its text; the
+    // execution count shows the named statement was reused.
+    await c.query('BEGIN')
+    for (let i = 0; i < 2; i++) await run(i)
+    const rows = (await c.query({ text: PREPARED_LOOKUP, values: [TAG], rowMode: 'array' })).rows
+    await c.query('COMMIT')
+    equal(rows.length, 1, 'server-side statements with this text')
+    const [name, executions, fromSql] = rows[0]
+    ensure(!fromSql, `${name} was prepared by SQL PREPARE`)
+    ensure(executions >= 2, `${name} executed ${executions} time(s) on this server, want >= 2`)
+    return `named query compat_double: ${name}, executed ${executions} times on the server`
   }),
 
   commit: () => withClient(async (c) => {
@@ -120,18 +166,22 @@ const checks = {
     return 'pg-copy-streams'
   }),
 
-  listen_notify: () => withClient((listener) => withClient(async (sender) => {
+  listen_notify: () => exclusive(() => withClient((listener) => withClient(async (sender) => {
     const received = new Promise((resolve, reject) => {
       listener.on('notification', resolve)
       setTimeout(() => reject(new Error('no notification within 5s')), 5000).unref()
     })
-    await listener.query('LISTEN compat_node')
-    await sender.query('SELECT pg_notify($1, $2)', ['compat_node', UNICODE])
+    await listener.query(`LISTEN ${TAG}`)
+    // The NOTIFY and pg_backend_pid() in one statement: the pid of the server process that
+    // sent it, in transaction mode too.
+    const [pid] = await one(sender, 'SELECT pg_backend_pid() FROM pg_notify($1, $2)', [TAG, UNICODE])
     const n = await received
-    equal([n.channel, n.payload], ['compat_node', UNICODE])
-    // processID comes from the sender's BackendKeyData, relayed by the proxy.
-    equal(n.processId, sender.processID, 'sender pid')
-  })),
+    equal([n.channel, n.payload], [TAG, UNICODE])
+    equal(n.processId, pid, 'sender pid')
+    // processID comes from the sender's BackendKeyData, relayed by the proxy in session mode
+    // (in transaction mode it is the proxy's key).
+    if (!TRANSACTION) equal(n.processId, sender.processID, 'sender pid from BackendKeyData')
+  }))),
 
   cancel: () => withClient(async (c) => {
     const running = c.query('SELECT pg_sleep(30)')
@@ -165,11 +215,23 @@ const checks = {
   concurrent: async () => {
     const pool = new pg.Pool({ max: 4, connectionTimeoutMillis: 10000 })
     try {
-      const queries = Array.from({ length: 8 }, () => pool.query('SELECT pg_backend_pid() AS pid FROM pg_sleep(0.2)'))
-      const pids = (await Promise.all(queries)).map((r) => r.rows[0].pid)
-      const sessions = new Set(pids).size
-      ensure(sessions >= 2, `only ${sessions} backend(s) used`)
-      return `pg.Pool, ${sessions} sessions`
+      const query = async () => {
+        const c = await pool.connect()
+        try {
+          const r = await c.query('SELECT pg_backend_pid() AS pid FROM pg_sleep(0.2)')
+          return [c.processID, r.rows[0].pid]
+        } finally {
+          c.release()
+        }
+      }
+      const pids = await Promise.all(Array.from({ length: 8 }, query))
+      // Session mode: each session is its own server process. Transaction mode: the pool's
+      // sessions share the proxy's few server connections, so they are counted by the pid
+      // the proxy issued each in BackendKeyData.
+      const sessions = new Set(pids.map(([key, server]) => TRANSACTION ? key : server)).size
+      const servers = new Set(pids.map(([, server]) => server)).size
+      ensure(sessions >= 2, `only ${sessions} session(s) used`)
+      return `pg.Pool, ${sessions} sessions` + (TRANSACTION ? ` on ${servers} server connection(s)` : '')
     } finally {
       await pool.end()
     }

@@ -1,7 +1,8 @@
 """asyncpg through lakebase-proxy (run by tests/compat.rs).
 
 asyncpg implements the protocol itself (no libpq), uses binary formats and caches named
-prepared statements by default, so it exercises different paths from the libpq drivers."""
+prepared statements by default, so it exercises different paths from the libpq drivers.
+COMPAT_MODE and COMPAT_LOCK: see compat.py."""
 
 import asyncio
 import time
@@ -40,11 +41,17 @@ async def params():
 async def prepared():
     conn = await connect()
     try:
-        statement = await conn.prepare("SELECT $1::int * 2")
-        for i in range(3):
+        statement = await conn.prepare(f"SELECT $1::int * 2 /* {compat.tag('asyncpg')} */")
+        # Outside a transaction block each run may take another server connection in
+        # transaction mode.
+        for i in range(6):
             equal(await statement.fetchval(i), i * 2)
-        count = await conn.fetchval("SELECT count(*) FROM pg_prepared_statements")
-        ensure(count >= 1, "no server-side prepared statement after prepare()")
+        # The last runs and the lookup in one transaction: one server connection.
+        async with conn.transaction():
+            for i in range(2):
+                equal(await statement.fetchval(i), i * 2)
+            rows = await conn.fetch(compat.PREPARED_LOOKUP.format("$1"), compat.tag("asyncpg"))
+        return compat.check_prepared([tuple(r) for r in rows], 2)
     finally:
         await conn.close()
 
@@ -130,36 +137,58 @@ async def copy_out():
 
 async def listen_notify():
     channel = compat.channel("asyncpg")
-    listener, sender = await connect(), await connect()
-    try:
-        received = asyncio.get_running_loop().create_future()
-        await listener.add_listener(channel, lambda _conn, pid, chan, payload: received.set_result((pid, chan, payload)))
-        await sender.execute("SELECT pg_notify($1, $2)", channel, UNICODE)
-        pid, chan, payload = await asyncio.wait_for(received, 5)
-        equal((chan, payload), (channel, UNICODE))
-        equal(pid, sender.get_server_pid(), "sender pid")
-    finally:
-        await listener.close()
-        await sender.close()
+    with compat.exclusive():
+        listener, sender = await connect(), await connect()
+        try:
+            received = asyncio.get_running_loop().create_future()
+            await listener.add_listener(
+                channel, lambda _conn, pid, chan, payload: received.set_result((pid, chan, payload))
+            )
+            # The NOTIFY and pg_backend_pid() in one statement: the pid of the server process
+            # that sent it, in transaction mode too.
+            sent_by = await sender.fetchval("SELECT pg_backend_pid() FROM pg_notify($1, $2)", channel, UNICODE)
+            pid, chan, payload = await asyncio.wait_for(received, 5)
+            equal((chan, payload), (channel, UNICODE))
+            equal(pid, sent_by, "sender pid")
+            if not compat.TRANSACTION:
+                # BackendKeyData names the same server process (in transaction mode it
+                # carries the proxy's key).
+                equal(pid, sender.get_server_pid(), "sender pid from BackendKeyData")
+        finally:
+            await listener.close()
+            await sender.close()
 
 
 async def cancel():
     conn = await connect()
     try:
         pid = conn.get_server_pid()
+        tag = compat.tag("asyncpg")
         started = time.monotonic()
         # asyncpg's cancel: on a timeout it sends a CancelRequest and reports TimeoutError,
         # consuming the server's 57014 itself. The connection is only usable again once the
         # server has answered, so a quick next query proves the cancel reached pg_sleep.
         try:
-            await conn.execute("SELECT pg_sleep(30)", timeout=compat.CANCEL_AFTER)
+            await conn.execute(f"SELECT pg_sleep(30) /* {tag} */", timeout=compat.CANCEL_AFTER)
             raise AssertionError("pg_sleep(30) was not cancelled")
         except asyncio.TimeoutError:
             pass
-        equal(await conn.fetchval("SELECT pg_backend_pid()", timeout=compat.CANCEL_LIMIT), pid, "same backend")
+        if compat.TRANSACTION:
+            # The next statement may run on another server connection, and the pid asyncpg
+            # holds is the proxy's key: instead of "the same backend answers again", no
+            # server process runs the pg_sleep any more.
+            running = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND strpos(query, $1) > 0",
+                tag,
+                timeout=compat.CANCEL_LIMIT,
+            )
+            equal(running, 0, "pg_sleep(30) still running")
+        else:
+            equal(await conn.fetchval("SELECT pg_backend_pid()", timeout=compat.CANCEL_LIMIT), pid, "same backend")
         took = time.monotonic() - started
         ensure(took < compat.CANCEL_LIMIT, f"cancel took {took:.1f}s")
-        return f"via timeout=; 57014 consumed by asyncpg; usable again after {took:.1f}s"
+        after = "no server process runs it any more" if compat.TRANSACTION else "the same backend answers"
+        return f"via timeout=; 57014 consumed by asyncpg; {after}, usable again after {took:.1f}s"
     finally:
         await conn.close()
 
@@ -195,11 +224,13 @@ async def large_result():
 
 
 async def concurrent():
+    async def work(pool):
+        async with pool.acquire() as conn:
+            return conn.get_server_pid(), await conn.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.2)")
+
     async with asyncpg.create_pool(min_size=2, max_size=4) as pool:
-        pids = await asyncio.gather(*[pool.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.2)") for _ in range(8)])
-    equal(len(pids), 8, "queries answered")
-    ensure(len(set(pids)) >= 2, f"only {len(set(pids))} backend(s) used")
-    return f"create_pool, {len(set(pids))} sessions"
+        pids = await asyncio.gather(*[work(pool) for _ in range(8)])
+    return f"create_pool, {compat.check_sessions(pids, 8)}"
 
 
 def sync(check):

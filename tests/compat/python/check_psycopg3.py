@@ -1,5 +1,11 @@
-"""psycopg 3 and psycopg_pool through lakebase-proxy (run by tests/compat.rs)."""
+"""psycopg 3 and psycopg_pool through lakebase-proxy (run by tests/compat.rs).
 
+COMPAT_PREPARE_THRESHOLD=N sets psycopg's prepare_threshold on every connection (0: every
+statement is prepared server-side under a name at its first execution); unset, psycopg's
+default (prepared at the 6th execution of the same query). COMPAT_MODE and COMPAT_LOCK: see
+compat.py."""
+
+import os
 import threading
 import time
 
@@ -9,18 +15,26 @@ from compat import BYTES, LARGE_ROWS, LARGE_VALUE, UNICODE, UNICODE_CHARS, equal
 psycopg = compat.require("psycopg")
 psycopg_pool = compat.require("psycopg_pool")
 errors = psycopg.errors
-compat.version(f"psycopg {psycopg.__version__}, psycopg_pool {psycopg_pool.__version__}, libpq {psycopg.pq.version()}")
+THRESHOLD = os.environ.get("COMPAT_PREPARE_THRESHOLD")
+OPTIONS = {"prepare_threshold": int(THRESHOLD)} if THRESHOLD is not None else {}
+compat.version(
+    f"psycopg {psycopg.__version__}, psycopg_pool {psycopg_pool.__version__}, libpq {psycopg.pq.version()}"
+    + (f", prepare_threshold={THRESHOLD}" if THRESHOLD is not None else "")
+)
+CLIENT = "psycopg3" if THRESHOLD is None else f"psycopg3_t{THRESHOLD}"
 
 
 def connect(**kwargs):
     # An empty conninfo: libpq takes PGHOST/PGPORT/PGUSER/PGDATABASE, no password.
-    return psycopg.connect("", autocommit=True, **kwargs)
+    return psycopg.connect("", autocommit=True, **OPTIONS, **kwargs)
 
 
 def simple():
     with connect() as conn:
-        # Without parameters psycopg sends a simple Query, so several statements work.
-        conn.execute("CREATE TEMP TABLE t (v int); INSERT INTO t VALUES (1), (2)")
+        # Without parameters psycopg sends a simple Query, so several statements work; never
+        # prepared (prepare=False), as PostgreSQL cannot prepare several statements in one and
+        # prepare_threshold=0 would otherwise try.
+        conn.execute("CREATE TEMP TABLE t (v int); INSERT INTO t VALUES (1), (2)", prepare=False)
         equal(conn.execute("SELECT sum(v) FROM t").fetchone()[0], 3)
 
 
@@ -32,12 +46,18 @@ def params():
 
 
 def prepared():
+    query = f"SELECT %s::int * 2 /* {compat.tag(CLIENT)} */"
     with connect() as conn:
-        for i in range(3):
-            equal(conn.execute("SELECT %s::int * 2", (i,), prepare=True).fetchone()[0], i * 2)
-        # A named server-side statement exists only if the Parse really reached this backend.
-        count = conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0]
-        ensure(count >= 1, "no server-side prepared statement after prepare=True")
+        # Prepared at the first run; outside a transaction block each run may take another
+        # server connection in transaction mode.
+        for i in range(6):
+            equal(conn.execute(query, (i,), prepare=True).fetchone()[0], i * 2)
+        # The last runs and the lookup in one transaction: one server connection.
+        with conn.transaction():
+            for i in range(2):
+                equal(conn.execute(query, (i,), prepare=True).fetchone()[0], i * 2)
+            rows = conn.execute(compat.PREPARED_LOOKUP.format("%s"), (compat.tag(CLIENT),)).fetchall()
+        return compat.check_prepared(rows, 2)
 
 
 def commit():
@@ -95,15 +115,20 @@ def copy_out():
 
 
 def listen_notify():
-    channel = compat.channel("psycopg3")
-    with connect() as listener, connect() as sender:
+    channel = compat.channel(CLIENT)
+    with compat.exclusive(), connect() as listener, connect() as sender:
         listener.execute(f"LISTEN {channel}")
-        sender.execute("SELECT pg_notify(%s, %s)", (channel, UNICODE))
+        # The NOTIFY and pg_backend_pid() in one statement: the pid of the server process
+        # that sent it, in transaction mode too.
+        pid = sender.execute("SELECT pg_backend_pid() FROM pg_notify(%s, %s)", (channel, UNICODE)).fetchone()[0]
         notes = list(listener.notifies(timeout=5, stop_after=1))
         ensure(notes, "no notification within 5s")
         equal((notes[0].channel, notes[0].payload), (channel, UNICODE))
-        # The pid the sender learnt at login (BackendKeyData) is the one the server reports.
-        equal(notes[0].pid, sender.info.backend_pid, "sender pid")
+        equal(notes[0].pid, pid, "sender pid")
+        if not compat.TRANSACTION:
+            # The pid the sender learnt at login (BackendKeyData) is that server process too.
+            # (In transaction mode BackendKeyData carries the proxy's key.)
+            equal(notes[0].pid, sender.info.backend_pid, "sender pid from BackendKeyData")
 
 
 def cancel():
@@ -151,11 +176,13 @@ def concurrent():
     def work(pool):
         try:
             with pool.connection(timeout=10) as conn:
-                pids.append(conn.execute("SELECT pg_backend_pid() FROM pg_sleep(0.2)").fetchone()[0])
+                server = conn.execute("SELECT pg_backend_pid() FROM pg_sleep(0.2)").fetchone()[0]
+                pids.append((conn.info.backend_pid, server))
         except Exception as e:
             failures.append(e)
 
-    with psycopg_pool.ConnectionPool("", min_size=2, max_size=4, kwargs={"autocommit": True}) as pool:
+    kwargs = {"autocommit": True, **OPTIONS}
+    with psycopg_pool.ConnectionPool("", min_size=2, max_size=4, kwargs=kwargs) as pool:
         pool.wait(timeout=10)  # fail fast if the pool cannot log in at all
         threads = [threading.Thread(target=work, args=(pool,)) for _ in range(8)]
         for t in threads:
@@ -163,9 +190,7 @@ def concurrent():
         for t in threads:
             t.join()
     ensure(not failures, f"pool queries failed: {failures}")
-    equal(len(pids), 8, "queries answered")
-    ensure(len(set(pids)) >= 2, f"only {len(set(pids))} backend(s) used")
-    return f"psycopg_pool, {len(set(pids))} sessions"
+    return f"psycopg_pool, {compat.check_sessions(pids, 8)}"
 
 
 compat.run(
