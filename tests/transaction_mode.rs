@@ -130,3 +130,28 @@ async fn a_session_setting_follows_its_client_and_no_other() {
     .await;
     assert_eq!(pids[0], pids[1], "still one server connection, so nobody was pinned");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_waiting_for_a_connection_cancels_what_waits() {
+    let proxy = proxy(1).await;
+    let holder = connect(&proxy).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let waiter = connect(&proxy).await;
+    let cancel = waiter.cancel_token();
+    let waiting = tokio::spawn(async move {
+        let result = waiter.query_one("SELECT pg_sleep(30)", &[]).await;
+        (waiter, result)
+    });
+    let pool = proxy.pools(0).all().into_iter().next().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pool.waiting() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the second client never waited");
+        tokio::task::yield_now().await;
+    }
+    cancel.cancel_query(NoTls).await.unwrap();
+    let (waiter, result) = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.unwrap().unwrap();
+    let error = result.expect_err("the queued query was cancelled before it ran");
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(waiter.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0), 7, "the session goes on");
+}

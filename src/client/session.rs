@@ -200,9 +200,14 @@ async fn attach(
         info.state = "active";
         info.upstream_pid = Some(connection.key().pid);
     });
-    let _cancel_route = ctx
-        .cancels
-        .register(client_key, CancelRoute { connector: ctx.pools.upstream().connector.clone(), key: connection.key() });
+    let _cancel_route = ctx.cancels.register(
+        client_key,
+        CancelRoute {
+            connector: ctx.pools.upstream().connector.clone(),
+            key: connection.key(),
+            gate: connection.cancel_gate(),
+        },
+    );
     let mut relay = Relay::default();
     let leftover = connection.take_leftover();
     relay.preload(connection, client_bytes, &leftover).map_err(SessionError::ClientProtocol)?;

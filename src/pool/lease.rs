@@ -36,43 +36,25 @@ impl Lease {
     }
 
     /// Returns the connection: when it is reusable (idle outside a transaction, owing nothing;
-    /// see [`ServerConnection::reusable`]), it is reset in the background and goes back to the
-    /// pool; a transaction its client left open is rolled back first; otherwise it is closed.
-    /// `used` says whether the client sent anything (an untouched connection needs no reset).
-    pub fn release(self, used: bool) {
+    /// see [`ServerConnection::reusable`]) it goes back to the pool, after a ROLLBACK of a
+    /// transaction its client left open, and, with `reset`, a reset of its session (for the
+    /// next client in session mode; transaction mode keeps a shared connection's statements
+    /// and settings); otherwise it is closed. A connection that a cancel is on its way to
+    /// waits for the cancel first.
+    pub fn release(self, reset: bool) {
         let Some((mut connection, deadline, slot, roll_back)) = self.retire_unless_reusable() else { return };
-        if !used && !roll_back {
+        if !reset && !roll_back && !connection.cancel_in_flight() {
             slot.into_idle(Idle { connection, deadline, idle_since: Instant::now() });
             return;
         }
         tokio::spawn(async move {
-            if !reset(&mut connection, roll_back, used).await {
+            connection.cancels_done().await;
+            if (reset || roll_back) && !self::reset(&mut connection, roll_back, reset).await {
                 metrics::upstream_retired(&slot.pool().upstream.label, "dirty");
                 return;
             }
             slot.into_idle(Idle { connection, deadline, idle_since: Instant::now() });
         });
-    }
-
-    /// Returns the connection as it is, its session state kept (transaction mode, between two
-    /// transactions of clients that share it): to the pool if it is reusable and within its
-    /// lifetime (after a rollback of a transaction its client left open), closed otherwise.
-    pub fn release_as_is(self) {
-        match self.retire_unless_reusable() {
-            Some((connection, deadline, slot, false)) => {
-                slot.into_idle(Idle { connection, deadline, idle_since: Instant::now() })
-            }
-            Some((mut connection, deadline, slot, true)) => {
-                tokio::spawn(async move {
-                    if !reset(&mut connection, true, false).await {
-                        metrics::upstream_retired(&slot.pool().upstream.label, "dirty");
-                        return;
-                    }
-                    slot.into_idle(Idle { connection, deadline, idle_since: Instant::now() });
-                });
-            }
-            None => {}
-        }
     }
 
     /// Closes the connection if it cannot serve anyone else (past its lifetime, or neither

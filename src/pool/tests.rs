@@ -170,19 +170,15 @@ async fn a_dirty_release_closes_the_connection_and_frees_its_place() {
 #[tokio::test]
 async fn a_transaction_left_open_is_rolled_back_and_the_connection_reused() {
     let (pool, connector) = pool_with(StandIn::default(), settings(1));
-    for release_as_is in [false, true] {
+    for reset in [true, false] {
         let mut lease = pool.checkout(&params(&[])).await.unwrap();
         lease.connection().simple_query("BEGIN").await.unwrap().unwrap();
-        if release_as_is {
-            lease.release_as_is();
-        } else {
-            lease.release(true);
-        }
+        lease.release(reset);
         idle_count_reaches(&pool, 1).await;
     }
     assert_eq!(connector.logins.load(Ordering::SeqCst), 1);
     let queries = connector.queries.lock().await.clone();
-    assert_eq!(queries, ["BEGIN", "ROLLBACK", "DISCARD ALL", "BEGIN", "ROLLBACK"], "as is: no reset");
+    assert_eq!(queries, ["BEGIN", "ROLLBACK", "DISCARD ALL", "BEGIN", "ROLLBACK"], "without a reset: ROLLBACK only");
 }
 
 #[tokio::test(start_paused = true)]

@@ -28,6 +28,8 @@ pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
 /// A statement too long for what the proxy keeps of it.
 pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+/// A statement cancelled at the client's request.
+pub const QUERY_CANCELED: &str = "57014";
 /// The proxy is shutting down.
 pub const ADMIN_SHUTDOWN: &str = "57P01";
 /// "The database system is starting up": a Lakebase compute waking from scale-to-zero.

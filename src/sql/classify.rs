@@ -16,7 +16,27 @@ const SESSION_LOCKS: [&str; 4] =
     ["pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared"];
 
 /// Statements these words start are decided by their leading keywords.
-const HEADS: [&str; 8] = ["set", "reset", "listen", "load", "prepare", "deallocate", "discard", "declare"];
+const HEADS: [&str; 16] = [
+    "set",
+    "reset",
+    "listen",
+    "load",
+    "prepare",
+    "deallocate",
+    "discard",
+    "declare",
+    "begin",
+    "start",
+    "commit",
+    "end",
+    "rollback",
+    "abort",
+    "savepoint",
+    "release",
+];
+
+/// The words that start transaction control statements.
+const TRANSACTION_CONTROL: [&str; 8] = ["begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release"];
 
 /// Whether a statement holding `token` may touch session state and so needs [`statement`];
 /// `first` says the token starts the statement, `selects` that the statement is a query
@@ -61,10 +81,14 @@ pub(super) fn statement(tokens: &[Token]) -> Statement {
         Pin(PinReason::Listen)
     } else if first.is_word("load") {
         Pin(Load)
+    } else if TRANSACTION_CONTROL.iter().any(|word| first.is_word(word)) {
+        Statement::TransactionControl
     } else if first.is_word("prepare") {
         // PREPARE TRANSACTION 'gid' hands the transaction over; the session stays clean.
         match rest {
-            [transaction, gid, ..] if transaction.is_word("transaction") && matches!(gid.kind, Kind::Str(_)) => Plain,
+            [transaction, gid, ..] if transaction.is_word("transaction") && matches!(gid.kind, Kind::Str(_)) => {
+                Statement::TransactionControl
+            }
             _ => Pin(SqlPrepare),
         }
     } else if first.is_word("deallocate") {

@@ -37,11 +37,15 @@ use split::Splitter;
 /// What one statement does to session state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Statement {
-    /// Nothing that outlives the transaction: queries, DML, DDL, BEGIN/COMMIT/ROLLBACK/SAVEPOINT,
+    /// Nothing that outlives the transaction: queries, DML, DDL,
     /// SET LOCAL, SET TRANSACTION, set_config(..., true), pg_advisory_xact_lock*, UNLISTEN,
     /// DISCARD TEMP/PLANS/SEQUENCES, EXECUTE, CLOSE, FETCH, DECLARE without HOLD,
     /// CREATE TEMP ... ON COMMIT DROP, ...
     Plain,
+    /// Transaction control: BEGIN, START TRANSACTION, COMMIT, END, ROLLBACK, ABORT, SAVEPOINT,
+    /// RELEASE, PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED. Nothing that outlives the
+    /// transaction either, but it decides whether the statements around it last.
+    TransactionControl,
     /// Session state the pooler cannot carry to another server connection.
     Pin(PinReason),
     /// `SET [SESSION] name {TO|=} value`, plus the spellings with their own syntax

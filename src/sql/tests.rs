@@ -71,8 +71,9 @@ fn splits_statements_outside_quotes_and_comments() {
         ("\u{feff}\u{0}\u{7f}\\{}; LISTEN x", &[Plain, Pin(Listen)]),
         ("lIsTeN x", &[Pin(Listen)]),
         ("\t\r\n LISTEN/**/x", &[Pin(Listen)]),
-        ("BEGIN; SELECT 1; COMMIT", &[Plain, Plain, Plain]),
-        ("BEGIN; SET LOCAL x.y = 1; COMMIT", &[Plain, Plain, Plain]),
+        ("BEGIN; SELECT 1; COMMIT", &[TransactionControl, Plain, TransactionControl]),
+        ("BEGIN; SET LOCAL x.y = 1; COMMIT", &[TransactionControl, Plain, TransactionControl]),
+        ("start transaction isolation level serializable; end", &[TransactionControl, TransactionControl]),
         (
             "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; \
              SELECT CASE WHEN true THEN 1 END; END; LISTEN x",
@@ -264,8 +265,8 @@ fn prepared_statements_and_discard() {
     check(&[
         ("PREPARE p (int) AS SELECT $1", &[Pin(SqlPrepare)]),
         ("prepare p as select 1", &[Pin(SqlPrepare)]),
-        ("PREPARE TRANSACTION 'gid'", &[Plain]),
-        ("COMMIT PREPARED 'gid'", &[Plain]),
+        ("PREPARE TRANSACTION 'gid'", &[TransactionControl]),
+        ("COMMIT PREPARED 'gid'", &[TransactionControl]),
         ("EXECUTE p(1)", &[Plain]),
         ("DEALLOCATE p", &[Deallocate("p".into())]),
         ("DEALLOCATE PREPARE P", &[Deallocate("p".into())]),
@@ -342,7 +343,10 @@ fn cursors_listen_load_and_the_rest() {
         ("UNLISTEN *", &[Plain]),
         ("NOTIFY channel, 'LISTEN'", &[Plain]),
         ("LOAD 'auto_explain'", &[Pin(Load)]),
-        ("SAVEPOINT a; RELEASE SAVEPOINT a; ROLLBACK TO a; ROLLBACK", &[Plain, Plain, Plain, Plain]),
+        (
+            "SAVEPOINT a; RELEASE SAVEPOINT a; ROLLBACK TO a; ROLLBACK",
+            &[TransactionControl, TransactionControl, TransactionControl, TransactionControl],
+        ),
         ("ALTER ROLE r SET search_path = a", &[Plain]),
         ("ALTER FUNCTION f() SET search_path = a", &[Plain]),
         ("UPDATE t SET a = 1 WHERE b = 2", &[Plain]),

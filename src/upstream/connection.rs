@@ -1,4 +1,7 @@
+use std::sync::Arc;
 use std::time::Instant;
+
+use tokio::sync::RwLock;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -41,6 +44,8 @@ pub struct ServerConnection {
     protocol: ProtocolState,
     /// The statements the proxy prepared on it.
     prepared: PreparedStatements,
+    /// Held open by every cancel on its way here (see `cancel.rs`).
+    cancel_gate: Arc<RwLock<()>>,
 }
 
 impl ServerConnection {
@@ -61,6 +66,7 @@ impl ServerConnection {
             leftover: login.leftover,
             protocol: ProtocolState::default(),
             prepared: PreparedStatements::default(),
+            cancel_gate: Arc::default(),
         }
     }
 
@@ -85,6 +91,21 @@ impl ServerConnection {
     /// The server's cancel key (its real backend pid and secret).
     pub fn key(&self) -> CancelKey {
         self.key
+    }
+
+    /// What a cancel on its way to this connection holds open (see `cancel.rs`).
+    pub fn cancel_gate(&self) -> Arc<RwLock<()>> {
+        self.cancel_gate.clone()
+    }
+
+    /// Whether a cancel is on its way to this connection.
+    pub fn cancel_in_flight(&self) -> bool {
+        self.cancel_gate.try_write().is_err()
+    }
+
+    /// Completes once no cancel is on its way to this connection.
+    pub async fn cancels_done(&self) {
+        drop(self.cancel_gate.write().await);
     }
 
     /// When the login completed.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::names::{Lookup, Names};
-use super::settings::{Batch, Changes, Outcome, Settings};
+use super::settings::{Batch, Change, Changes, Outcome, Settings};
 use tracing::info;
 
 use crate::metrics;
@@ -110,7 +110,7 @@ impl TransactionHook {
     }
 
     /// Pins the client where its settings changes took effect inside a transaction block.
-    fn apply_settings(&mut self, changes: &[super::settings::Change], status: TransactionStatus) {
+    fn apply_settings(&mut self, changes: &[Change], status: TransactionStatus) {
         if !self.settings.apply(changes, status) {
             self.pin(PinReason::UntrackedSet);
         }

@@ -14,6 +14,7 @@ mod hook;
 mod names;
 mod settings;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -23,12 +24,13 @@ use super::ClientStream;
 use super::error::{SessionEnd, SessionError};
 use super::phases::{TargetContext, checkout_with_notice, greet_from_cache, write_flush};
 use super::request::SessionRequest;
-use crate::cancel::CancelRoute;
+use crate::cancel::{CancelRoute, CancelWait};
 use crate::metrics;
 use crate::ops::view::ClientEntry;
 use crate::pool::{Lease, Pool};
 use crate::protocol::frame::{FrameHeader, HEADER_LEN};
-use crate::protocol::{CancelKey, TransactionStatus, backend, frontend, messages};
+use crate::protocol::messages::{ErrorFields, Severity};
+use crate::protocol::{CancelKey, TransactionStatus, backend, frontend, messages, sqlstate};
 use crate::relay::{Relay, RelayEnd};
 use hook::TransactionHook;
 
@@ -88,10 +90,22 @@ pub(super) async fn serve(
             }
             let mut lease = match lease.take() {
                 Some(lease) => lease,
-                // Boxed: an idle session's task then holds only what waiting needs.
                 None => {
                     let wanted = relay.hook().settings.wanted().clone();
-                    Box::pin(checkout_with_notice(client, pool, &wanted, entry, &mut BytesMut::new())).await?
+                    // Boxed: an idle session's task then holds only what waiting needs.
+                    let mut owed = BytesMut::new();
+                    let checkout = Box::pin(checkout_with_notice(client, pool, &wanted, entry, &mut owed));
+                    // A client that will wait can cancel what it waits with.
+                    let waits = pool.would_wait().then(|| ctx.cancels.waiting(key));
+                    match cancellable(checkout, waits.as_ref(), &pending).await {
+                        Ok(lease) => lease?,
+                        Err((answer, consumed)) => {
+                            // The client cancelled what it waits with: answered, never run.
+                            write_flush(client, &answer).await?;
+                            let _ = pending.split_to(consumed);
+                            continue;
+                        }
+                    }
                 }
             };
             tell_changed_parameters(client, &mut lease, &mut view).await?;
@@ -147,11 +161,54 @@ pub(super) async fn serve(
     ended
 }
 
+/// Waits for `checkout`, unless a cancel for the client comes first and its first queued
+/// request can be answered as cancelled: then that answer, and how many bytes it consumed.
+async fn cancellable<F: Future>(
+    checkout: F,
+    wait: Option<&CancelWait>,
+    queued: &[u8],
+) -> Result<F::Output, (BytesMut, usize)> {
+    let Some(wait) = wait else { return Ok(checkout.await) };
+    tokio::pin!(checkout);
+    loop {
+        tokio::select! {
+            lease = &mut checkout => return Ok(lease),
+            () = wait.cancelled() => {
+                if let Some(answered) = answer_cancelled(queued) {
+                    return Err(answered);
+                }
+            }
+        }
+    }
+}
+
+/// PostgreSQL's answer to the client's first request (a Query, or a batch up to its Sync)
+/// cancelled before it ran: `57014` and ReadyForQuery (the client waits between transactions,
+/// so idle). `None` when the bytes hold no whole request.
+fn answer_cancelled(queued: &[u8]) -> Option<(BytesMut, usize)> {
+    let mut at = 0;
+    while let Ok(Some(header)) = FrameHeader::parse(&queued[at..]) {
+        at += HEADER_LEN + header.body_len;
+        if at > queued.len() {
+            return None;
+        }
+        if matches!(header.tag, frontend::QUERY | frontend::SYNC | frontend::FUNCTION_CALL) {
+            let mut answer = BytesMut::new();
+            ErrorFields::new(Severity::Error, sqlstate::QUERY_CANCELED, "canceling statement due to user request")
+                .write_error(&mut answer);
+            messages::ready_for_query(&mut answer, TransactionStatus::Idle);
+            return Some((answer, at));
+        }
+    }
+    None
+}
+
 /// Gives back a connection that served an unpinned client: as it is, carrying the client's
 /// settings (which the next client with the same ones takes without a round trip).
-fn release_shared(mut lease: Lease, hook: &TransactionHook) {
-    lease.connection().set_settings(hook.settings.wanted().clone());
-    lease.release_as_is();
+fn release_shared(mut lease: Lease, hook: &mut TransactionHook) {
+    let carried = hook.settings.carried(lease.connection().startup_params());
+    lease.connection().set_settings(carried);
+    lease.release(false);
 }
 
 /// Answers a batch of nothing but Parse messages and its Sync (a driver preparing statements
@@ -214,9 +271,14 @@ async fn attach(
         info.upstream_pid = Some(server_key.pid);
     });
     // Cancels reach this connection only while the client has it; a late one finds no route.
-    let _cancel_route = ctx
-        .cancels
-        .register(client_key, CancelRoute { connector: ctx.pools.upstream().connector.clone(), key: server_key });
+    let _cancel_route = ctx.cancels.register(
+        client_key,
+        CancelRoute {
+            connector: ctx.pools.upstream().connector.clone(),
+            key: server_key,
+            gate: connection.cancel_gate(),
+        },
+    );
     let leftover = connection.take_leftover();
     relay.preload(connection, client_bytes, &leftover).map_err(SessionError::ClientProtocol)?;
     let mut shutdown = ctx.shutdown.clone();
