@@ -165,8 +165,8 @@ impl ServerConnection {
     }
 
     /// Runs `sql` as a simple query and reads to ReadyForQuery, recording reported parameters,
-    /// the transaction status and a `DISCARD ALL` or `DEALLOCATE ALL` (no statement prepared
-    /// any more); returns the first column of the first row, if any. A server error is returned
+    /// the transaction status, that the unnamed statement is gone, and a `DISCARD ALL` or
+    /// `DEALLOCATE ALL` (no statement prepared any more); returns the first column of the first row, if any. A server error is returned
     /// after the ReadyForQuery that follows it, so the connection stays usable; an I/O error
     /// means it is not.
     pub async fn simple_query(&mut self, sql: &str) -> Result<Result<Option<String>, ErrorFields>, ConnectError> {
@@ -185,6 +185,8 @@ impl ServerConnection {
         for sql in statements {
             postgres_protocol::message::frontend::query(sql, &mut buf)?;
         }
+        // A simple query destroys the unnamed statement, whoever prepared it.
+        self.prepared.set_unnamed_owner(None);
         self.stream.write_all(&buf).await?;
         self.stream.flush().await?;
         let mut inbound = std::mem::take(&mut self.leftover);

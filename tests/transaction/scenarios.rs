@@ -125,6 +125,7 @@ pub fn all(x: &Ctx) -> Vec<Scenario> {
         p16_long_names(),
         u1(),
         u2(),
+        u2_across_settings(),
         u3(),
         u4(),
         e1(),
@@ -887,6 +888,24 @@ fn u2() -> Scenario {
         .send(0, [bp("", &["5"]), e(), sync()])
         .wait(0)
         .send(0, [ds(""), sync()])
+        .wait(0)
+        .build()
+}
+
+/// U2 also when the proxy brings the connection to another client's settings in between (its
+/// SETs are simple queries, which destroy whatever unnamed statement the server had).
+fn u2_across_settings() -> Scenario {
+    Scenario::new("U2 an unnamed statement survives another client's settings being applied", 2)
+        .send(0, [p("", "SELECT $1::int * 3 AS thrice"), ds(""), sync()])
+        .wait(0)
+        // By a named statement, so that nothing of client 1's touches the unnamed one.
+        .send(1, [p("wm", "SET work_mem = '8MB'"), b("wm"), e(), sync()])
+        .wait(1)
+        .send(0, [bp("", &["14"]), e(), sync()])
+        .wait(0)
+        .send(1, [p("show", "SHOW work_mem"), b("show"), e(), sync()])
+        .wait(1)
+        .send(0, [bp("", &["2"]), e(), sync()])
         .wait(0)
         .build()
 }
