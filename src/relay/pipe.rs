@@ -269,10 +269,13 @@ impl Pipe {
         self.body_left == 0 && self.buf.len() == self.ready
     }
 
-    /// Drops the read buffer if nothing is in it.
+    /// Drops the buffers if nothing is in them.
     pub(super) fn release_buffer(&mut self) {
         if self.drained() {
             self.buf = BytesMut::new();
+        }
+        if self.splice.before.is_empty() && self.splice.after.is_empty() {
+            self.splice = Splice::default();
         }
     }
 

@@ -13,6 +13,7 @@
 mod hook;
 mod names;
 mod settings;
+mod view;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use crate::protocol::messages::{ErrorFields, Severity};
 use crate::protocol::{CancelKey, TransactionStatus, backend, frontend, messages, sqlstate};
 use crate::relay::{Relay, RelayEnd};
 use hook::TransactionHook;
+use view::ParamView;
 
 /// Serves a transaction-mode client after its login, greeting it from the pool's cached
 /// parameters (or, for the pool's first client, from a connection it checks out first).
@@ -60,7 +62,9 @@ pub(super) async fn serve(
             params
         }
     };
-    let (key, mut view) = greet_from_cache(client, request, &greeting, !authenticated).await?;
+    let (key, greeted) = greet_from_cache(client, request, &greeting, !authenticated).await?;
+    let mut view = ParamView::new(greeting, &greeted);
+    drop(greeted);
     let hook = TransactionHook::new(id, pool.clone(), request.params.clone(), entry.handle());
     let mut relay = Relay::with_hook(hook);
     let mut pending = early;
@@ -84,7 +88,7 @@ pub(super) async fn serve(
                     && let Some(answer) = answer_without_server(relay.hook(), &pending)
                 {
                     write_flush(client, &answer).await?;
-                    pending.clear();
+                    pending = BytesMut::new();
                     continue;
                 }
             }
@@ -111,15 +115,14 @@ pub(super) async fn serve(
             tell_changed_parameters(client, &mut lease, &mut view).await?;
             relay.hook().names.attached();
             let (end, stopping) = attach(client, &mut relay, &mut lease, key, &pending, ctx, entry).await?;
-            pending.clear();
+            // Nothing kept between transactions that an idle client does not need.
+            pending = BytesMut::new();
             relay.release_buffers();
             let pinned = relay.hook().pinned();
             match end {
                 RelayEnd::Idle if !stopping && pinned.is_none() => {
                     // What the client was told of the server's parameters is what it reported.
-                    if view.as_slice() != lease.connection().server_params() {
-                        view.clone_from(&lease.connection().server_params().to_vec());
-                    }
+                    view.update(lease.connection().server_params());
                     release_shared(lease, relay.hook());
                 }
                 RelayEnd::Idle => {
@@ -299,19 +302,17 @@ async fn attach(
 async fn tell_changed_parameters(
     client: &mut ClientStream,
     lease: &mut Lease,
-    view: &mut [(String, String)],
+    view: &mut ParamView,
 ) -> Result<(), SessionError> {
+    let current = lease.connection().server_params();
+    let differences = view.differences(current);
+    if differences.is_empty() {
+        return Ok(());
+    }
     let mut changes = BytesMut::new();
-    for (name, value) in lease.connection().server_params() {
-        if let Some((_, seen)) = view.iter_mut().find(|(n, _)| n == name)
-            && seen != value
-        {
-            messages::parameter_status(&mut changes, name, value);
-            seen.clone_from(value);
-        }
+    for (name, value) in differences {
+        messages::parameter_status(&mut changes, name, value);
     }
-    if !changes.is_empty() {
-        write_flush(client, &changes).await?;
-    }
-    Ok(())
+    view.update(current);
+    write_flush(client, &changes).await
 }
