@@ -3,6 +3,7 @@
 //! so the relay's hot path stays free of it.
 
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -53,22 +54,55 @@ impl Drop for ActiveClient {
     }
 }
 
-/// Counts a client as waiting for an upstream connection until dropped.
-pub struct WaitingClient(String, std::time::Instant);
+/// The metrics every checkout of a target records, with their handles made once per target:
+/// in transaction mode a checkout happens for every transaction, and a handle costs an atomic
+/// add where a lookup by name and labels would allocate.
+pub struct CheckoutMetrics {
+    waiting: metrics::Gauge,
+    wait_seconds: metrics::Histogram,
+    /// By kind, in the order of [`CHECKOUT_KINDS`].
+    checkouts: [metrics::Counter; 3],
+}
 
-impl WaitingClient {
-    /// Starts counting a waiting client of `target`.
-    pub fn new(target: &str) -> WaitingClient {
-        gauge!("lakebase_proxy_clients_waiting", "target" => target.to_owned()).increment(1.0);
-        WaitingClient(target.to_owned(), std::time::Instant::now())
+/// How a client got an upstream connection: `exact` (idle, no round trip needed), `adjusted`
+/// (idle, after a round trip of SETs) or `opened` (a new login).
+pub const CHECKOUT_KINDS: [&str; 3] = ["exact", "adjusted", "opened"];
+
+impl CheckoutMetrics {
+    /// The handles for checkouts of `target`.
+    pub fn new(target: &str) -> CheckoutMetrics {
+        let label = || target.to_owned();
+        CheckoutMetrics {
+            waiting: gauge!("lakebase_proxy_clients_waiting", "target" => label()),
+            wait_seconds: histogram!("lakebase_proxy_checkout_wait_seconds", "target" => label()),
+            checkouts: CHECKOUT_KINDS
+                .map(|kind| counter!("lakebase_proxy_checkouts_total", "target" => label(), "kind" => kind)),
+        }
     }
+
+    /// Counts a client as waiting for an upstream connection until the result is dropped.
+    pub fn waiting(&self) -> WaitingClient {
+        self.waiting.increment(1.0);
+        WaitingClient { waiting: self.waiting.clone(), wait_seconds: self.wait_seconds.clone(), since: Instant::now() }
+    }
+
+    /// A client got an upstream connection the way `CHECKOUT_KINDS[kind]` says.
+    pub fn checkout(&self, kind: usize) {
+        self.checkouts[kind].increment(1);
+    }
+}
+
+/// A client waiting for an upstream connection, counted until dropped.
+pub struct WaitingClient {
+    waiting: metrics::Gauge,
+    wait_seconds: metrics::Histogram,
+    since: Instant,
 }
 
 impl Drop for WaitingClient {
     fn drop(&mut self) {
-        gauge!("lakebase_proxy_clients_waiting", "target" => self.0.clone()).decrement(1.0);
-        histogram!("lakebase_proxy_checkout_wait_seconds", "target" => self.0.clone())
-            .record(self.1.elapsed().as_secs_f64());
+        self.waiting.decrement(1.0);
+        self.wait_seconds.record(self.since.elapsed().as_secs_f64());
     }
 }
 
@@ -85,12 +119,6 @@ pub fn upstream_login(target: &str, failure: Option<&'static str>) {
 /// An upstream connection was retired (`lifetime`, `idle`, `dead`, `dirty`).
 pub fn upstream_retired(target: &str, reason: &'static str) {
     counter!("lakebase_proxy_upstream_retired_total", "target" => target.to_owned(), "reason" => reason).increment(1);
-}
-
-/// A client got an upstream connection: `exact` (idle, no round trip needed), `adjusted` (idle,
-/// after a round trip of SETs) or `opened` (a new login).
-pub fn checkout(target: &str, kind: &'static str) {
-    counter!("lakebase_proxy_checkouts_total", "target" => target.to_owned(), "kind" => kind).increment(1);
 }
 
 /// A credential fetch finished.

@@ -15,7 +15,6 @@ use super::ClientStream;
 use super::error::SessionError;
 use super::request::{SessionRequest, canonical_setting, write_ready};
 use crate::cancel::CancelRegistry;
-use crate::metrics;
 use crate::ops::view::{ClientEntry, ClientRegistry, ProxyView};
 use crate::pool::{Lease, Pool, Pools};
 use crate::protocol::messages::{ErrorFields, Severity};
@@ -97,7 +96,7 @@ pub(super) async fn checkout_with_notice(
     owed: &mut BytesMut,
 ) -> Result<Lease, SessionError> {
     entry.update(|info| info.state = "waiting");
-    let _waiting = metrics::WaitingClient::new(&pool.upstream().label);
+    let _waiting = pool.upstream().checkout_metrics.waiting();
     let checkout = pool.checkout(settings);
     tokio::pin!(checkout);
     if let Ok(result) = tokio::time::timeout(NOTICE_AFTER, &mut checkout).await {

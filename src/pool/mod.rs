@@ -68,7 +68,7 @@ impl Idle {
     }
 }
 
-/// How a checkout found its connection.
+/// How a checkout found its connection (in the order of `metrics::CHECKOUT_KINDS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckoutKind {
     /// An idle connection that already carries the client's settings (or whose server already
@@ -80,16 +80,6 @@ pub enum CheckoutKind {
     Opened,
 }
 
-impl CheckoutKind {
-    fn label(self) -> &'static str {
-        match self {
-            CheckoutKind::Exact => "exact",
-            CheckoutKind::Adjusted => "adjusted",
-            CheckoutKind::Opened => "opened",
-        }
-    }
-}
-
 /// What every pool of one target shares: how to connect, and the limits.
 pub struct Upstream {
     /// The target, as metrics and logs name it.
@@ -98,12 +88,15 @@ pub struct Upstream {
     pub connector: Arc<dyn Connect>,
     /// Limits for every pool of this target; a reload may change them for new connections.
     settings: RwLock<PoolSettings>,
+    /// What its checkouts record.
+    pub checkout_metrics: metrics::CheckoutMetrics,
 }
 
 impl Upstream {
     /// An upstream reached through `connector`, with pool limits `settings`.
     pub fn new(label: String, connector: Arc<dyn Connect>, settings: PoolSettings) -> Upstream {
-        Upstream { label, connector, settings: RwLock::new(settings) }
+        let checkout_metrics = metrics::CheckoutMetrics::new(&label);
+        Upstream { label, connector, settings: RwLock::new(settings), checkout_metrics }
     }
 
     /// The current pool settings.
@@ -159,7 +152,7 @@ impl Pool {
 
     fn count_checkout(&self, kind: CheckoutKind) {
         self.checkouts[kind as usize].fetch_add(1, Ordering::Relaxed);
-        metrics::checkout(&self.upstream.label, kind.label());
+        self.upstream.checkout_metrics.checkout(kind as usize);
     }
 
     /// The upstream this pool connects to.
