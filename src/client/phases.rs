@@ -2,7 +2,9 @@
 //! share, a checkout that tells a waiting client why it waits, and a greeting from the pool's
 //! cached parameters when no server connection is attached yet.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -99,6 +101,12 @@ pub(super) async fn checkout_with_notice(
     let _waiting = pool.upstream().checkout_metrics.waiting();
     let checkout = pool.checkout(settings);
     tokio::pin!(checkout);
+    // Most checkouts find an idle connection at once (every transaction, in transaction
+    // mode): those need no timer.
+    let at_once = std::future::poll_fn(|cx| Poll::Ready(checkout.as_mut().poll(cx))).await;
+    if let Poll::Ready(result) = at_once {
+        return Ok(result?);
+    }
     if let Ok(result) = tokio::time::timeout(NOTICE_AFTER, &mut checkout).await {
         return Ok(result?);
     }
