@@ -112,7 +112,7 @@ impl Pool {
         *self.greeting.lock().unwrap() = Some(connection.server_params().into());
         let lifetime = self.settings().lifetime_cap().mul_f64(1.0 - rand::rng().random_range(0.0..LIFETIME_JITTER));
         let deadline = connection.opened_at() + lifetime;
-        Ok(Idle { connection, deadline, idle_since: Instant::now() })
+        Ok(Idle { connection: Box::new(connection), deadline, idle_since: Instant::now() })
     }
 }
 

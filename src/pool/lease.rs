@@ -20,7 +20,7 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(10);
 /// An upstream connection lent to one client. Dropping it closes the connection and frees its
 /// place; give it back with [`Lease::release`].
 pub struct Lease {
-    connection: ServerConnection,
+    connection: Box<ServerConnection>,
     deadline: Instant,
     slot: Slot,
 }
@@ -60,7 +60,7 @@ impl Lease {
     /// Closes the connection if it cannot serve anyone else (past its lifetime, or neither
     /// reusable nor left in a transaction that a ROLLBACK ends); otherwise hands back its parts
     /// and whether it needs that ROLLBACK.
-    fn retire_unless_reusable(self) -> Option<(ServerConnection, Instant, Slot, bool)> {
+    fn retire_unless_reusable(self) -> Option<(Box<ServerConnection>, Instant, Slot, bool)> {
         let Lease { connection, deadline, slot } = self;
         let reusable = connection.reusable();
         let roll_back = !reusable && connection.protocol().in_transaction_between_messages();

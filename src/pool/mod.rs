@@ -56,7 +56,9 @@ pub type ServerParams = Arc<[(String, String)]>;
 
 /// An idle connection with the time it must be closed by.
 struct Idle {
-    connection: ServerConnection,
+    /// Boxed: it moves between the pool, its lease and a client's session future at every
+    /// checkout, and a session holding it inline would cost an idle client its size.
+    connection: Box<ServerConnection>,
     deadline: Instant,
     idle_since: Instant,
 }

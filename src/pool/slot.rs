@@ -90,7 +90,12 @@ pub(super) struct Queued {
 
 impl Drop for Queued {
     fn drop(&mut self) {
-        self.pool.state.lock().unwrap().waiters.retain(|waiter| waiter.id != self.id);
+        let mut state = self.pool.state.lock().unwrap();
+        // Waiters are queued in id order; one that was served is not there any more.
+        if let Ok(index) = state.waiters.binary_search_by_key(&self.id, |waiter| waiter.id) {
+            state.waiters.remove(index);
+        }
+        drop(state);
         // A grant sent before the receiver closed drops here and gives its place back.
         self.handoff.close();
     }

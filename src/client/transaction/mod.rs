@@ -54,7 +54,7 @@ pub(super) async fn serve(
         None => {
             let mut owed = BytesMut::new();
             request.write_authentication(&mut owed);
-            let mut first = checkout_with_notice(client, pool, &request.params, entry, &mut owed).await?;
+            let mut first = Box::pin(checkout_with_notice(client, pool, &request.params, entry, &mut owed)).await?;
             // A slow checkout sent AuthenticationOk ahead of its notice.
             authenticated = owed.is_empty();
             let params = first.connection().server_params().into();
@@ -62,7 +62,9 @@ pub(super) async fn serve(
             params
         }
     };
-    let (key, greeted) = greet_from_cache(client, request, &greeting, !authenticated).await?;
+    // Boxed, as every phase but waiting: the session's task then holds only what an idle
+    // client needs (the phases' futures take kilobytes, and only one runs at a time).
+    let (key, greeted) = Box::pin(greet_from_cache(client, request, &greeting, !authenticated)).await?;
     let mut view = ParamView::new(greeting, &greeted);
     drop(greeted);
     let hook = TransactionHook::new(id, pool.clone(), request.params.clone(), entry.handle());
@@ -96,7 +98,6 @@ pub(super) async fn serve(
                 Some(lease) => lease,
                 None => {
                     let wanted = relay.hook().settings.wanted().clone();
-                    // Boxed: an idle session's task then holds only what waiting needs.
                     let mut owed = BytesMut::new();
                     let checkout = Box::pin(checkout_with_notice(client, pool, &wanted, entry, &mut owed));
                     // A client that will wait can cancel what it waits with.
@@ -112,9 +113,9 @@ pub(super) async fn serve(
                     }
                 }
             };
-            tell_changed_parameters(client, &mut lease, &mut view).await?;
+            Box::pin(tell_changed_parameters(client, &mut lease, &mut view)).await?;
             relay.hook().names.attached();
-            let (end, stopping) = attach(client, &mut relay, &mut lease, key, &pending, ctx, entry).await?;
+            let (end, stopping) = Box::pin(attach(client, &mut relay, &mut lease, key, &pending, ctx, entry)).await?;
             // Nothing kept between transactions that an idle client does not need.
             pending = BytesMut::new();
             relay.release_buffers();
