@@ -8,7 +8,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::ConnectError;
 use super::login::LoginResult;
-use super::state::{DROPS_ALL_STATEMENTS, PreparedStatements, ProtocolState};
+use super::prepared::PreparedStatements;
+use super::state::{DROPS_ALL_STATEMENTS, ProtocolState};
 use super::stream::{ServerStream, read_server_message};
 use crate::protocol::messages::{self, ErrorFields};
 use crate::protocol::{CancelKey, StartupParams, TransactionStatus, backend};

@@ -8,6 +8,7 @@ mod connection;
 mod connector;
 mod error;
 mod login;
+mod prepared;
 mod state;
 mod stream;
 
@@ -16,9 +17,7 @@ pub(crate) use connection::RelayParts;
 pub use connection::ServerConnection;
 pub use connector::{Connect, Connector, HostResolver};
 pub use error::ConnectError;
+pub use prepared::{PreparedStatements, StatementId, UnnamedOwner, close_statement_body, server_statement_name};
 pub(crate) use state::{Delivery, Sent};
-pub use state::{
-    PreparedStatements, ProtocolState, Settled, StatementEffect, StatementId, Token, UnnamedOwner,
-    close_statement_body, server_statement_name,
-};
+pub use state::{ProtocolState, Settled, StatementEffect, Token};
 pub use stream::{ServerStream, UpstreamStream};
