@@ -187,9 +187,11 @@ DEADLINE=$(( $(date +%s) + SECONDS_TOTAL ))
 : >"$WORK/logins.txt"
 (
     while (( $(date +%s) < DEADLINE )); do
-        if out=$(timeout 30 "$PSQL" -X -At "${CONN[@]}" -c 'SELECT 1' 2>&1) && [[ "$out" == 1 ]]; then
+        # A NOTICE (the proxy saying a client waits for a busy pool) goes to stderr and is no failure.
+        if out=$(timeout 30 "$PSQL" -X -At "${CONN[@]}" -c 'SELECT 1' 2>"$WORK/login.err") && [[ "$out" == 1 ]]; then
             echo ok >>"$WORK/logins.txt"
         else
+            out="$out $(cat "$WORK/login.err")"
             echo "failed $(date -u +%H:%M:%S) ${out//$'\n'/ }" >>"$WORK/logins.txt"
         fi
         sleep 1

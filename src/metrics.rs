@@ -23,9 +23,21 @@ pub fn install() -> &'static PrometheusHandle {
         // Another recorder may be installed already (an embedding program's); then ours only
         // renders what it sees, which is nothing. That is the embedder's choice.
         let _ = metrics::set_global_recorder(recorder);
+        // Histogram samples wait in a queue until the next render or upkeep; with nobody
+        // scraping /metrics, a checkout per transaction would grow it without end.
+        let upkeep = handle.clone();
+        let _ = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                upkeep.run_upkeep();
+            }
+        });
         handle
     })
 }
+
+/// How often queued histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A client connection was accepted.
 pub fn client_accepted(target: &str) {
