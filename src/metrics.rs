@@ -166,8 +166,8 @@ pub fn credential_times(source: &str, age: Option<f64>, expires_in: Option<f64>)
     }
 }
 
-/// Counters of one client's use of its pool's prepared statements in transaction mode, made
-/// once per client so that counting a statement use on the message path costs an atomic add.
+/// Counters of a target's prepared-statement use in transaction mode, made once per target so
+/// that counting a statement use on the message path costs an atomic add.
 pub struct StatementCache {
     /// A statement the server had: no Parse sent.
     pub hit: metrics::Counter,

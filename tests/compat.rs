@@ -32,10 +32,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt, TryStreamExt};
-use lakebase_proxy::config::{Config, PasswordSource};
 use lakebase_proxy::proxy::RunningProxy;
 use lakebase_proxy::target::PoolMode;
-use support::{APP_DB, PgServer, SCRAM_USER};
+use support::{APP_DB, SCRAM_USER};
 use tokio::sync::Semaphore;
 
 /// The checks every client reports, in the matrix's row order, and what each one proves.
@@ -301,12 +300,7 @@ async fn client_compatibility_matrix() {
 /// failed cells.
 async fn run_pass(pass: &'static Pass, jdbc: &Arc<Result<tempfile::TempDir, String>>) -> Vec<String> {
     let started = Instant::now();
-    let pg = PgServer::shared();
-    let target =
-        format!("postgresql://{SCRAM_USER}@localhost:{}/{APP_DB}?sslrootcert={}", pg.port(), pg.ca_path().display());
-    let mut config = Config::new(vec![target.parse().unwrap()]);
-    config.port = 0;
-    config.password = PasswordSource::File(pg.password_file());
+    let mut config = support::proxy_config(SCRAM_USER);
     config.pool.mode = pass.mode;
     config.pool.max_size = pass.max_size.unwrap_or(config.pool.max_size);
     config.pool.checkout_timeout = pass.checkout_timeout.unwrap_or(config.pool.checkout_timeout);

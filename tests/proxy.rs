@@ -16,11 +16,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 /// A proxy for `user` on the shared server, with `adjust` applied to the defaults.
 async fn proxy_for(user: &str, adjust: impl FnOnce(&mut Config)) -> RunningProxy {
-    let pg = PgServer::shared();
-    let target = format!("postgresql://{user}@localhost:{}/{APP_DB}?sslrootcert={}", pg.port(), pg.ca_path().display());
-    let mut config = Config::new(vec![target.parse().unwrap()]);
-    config.port = 0;
-    config.password = PasswordSource::File(pg.password_file());
+    let mut config = support::proxy_config(user);
     adjust(&mut config);
     RunningProxy::start(config).await.expect("proxy starts")
 }

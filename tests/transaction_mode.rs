@@ -3,19 +3,13 @@
 
 mod support;
 
-use lakebase_proxy::config::{Config, PasswordSource};
 use lakebase_proxy::proxy::RunningProxy;
 use lakebase_proxy::target::PoolMode;
-use support::{APP_DB, PgServer, SCRAM_USER};
+use support::SCRAM_USER;
 use tokio_postgres::{Client, NoTls};
 
 async fn proxy(max_size: usize) -> RunningProxy {
-    let pg = PgServer::shared();
-    let target =
-        format!("postgresql://{SCRAM_USER}@localhost:{}/{APP_DB}?sslrootcert={}", pg.port(), pg.ca_path().display());
-    let mut config = Config::new(vec![target.parse().unwrap()]);
-    config.port = 0;
-    config.password = PasswordSource::File(pg.password_file());
+    let mut config = support::proxy_config(SCRAM_USER);
     config.pool.mode = PoolMode::Transaction;
     config.pool.max_size = max_size;
     RunningProxy::start(config).await.expect("proxy starts")

@@ -92,13 +92,16 @@ pub struct Upstream {
     settings: RwLock<PoolSettings>,
     /// What its checkouts record.
     pub checkout_metrics: metrics::CheckoutMetrics,
+    /// What its transaction-mode clients' statement use records.
+    pub statement_metrics: metrics::StatementCache,
 }
 
 impl Upstream {
     /// An upstream reached through `connector`, with pool limits `settings`.
     pub fn new(label: String, connector: Arc<dyn Connect>, settings: PoolSettings) -> Upstream {
         let checkout_metrics = metrics::CheckoutMetrics::new(&label);
-        Upstream { label, connector, settings: RwLock::new(settings), checkout_metrics }
+        let statement_metrics = metrics::StatementCache::new(&label);
+        Upstream { label, connector, settings: RwLock::new(settings), checkout_metrics, statement_metrics }
     }
 
     /// The current pool settings.

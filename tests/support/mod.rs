@@ -89,3 +89,14 @@ impl Deref for PgServer {
         &self.server
     }
 }
+
+/// A configuration for an in-process proxy in front of the shared server as `user`, on any free
+/// port, with the roles' password file.
+pub fn proxy_config(user: &str) -> lakebase_proxy::config::Config {
+    let pg = PgServer::shared();
+    let target = format!("postgresql://{user}@localhost:{}/{APP_DB}?sslrootcert={}", pg.port(), pg.ca_path().display());
+    let mut config = lakebase_proxy::config::Config::new(vec![target.parse().unwrap()]);
+    config.port = 0;
+    config.password = lakebase_proxy::config::PasswordSource::File(pg.password_file());
+    config
+}

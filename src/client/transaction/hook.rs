@@ -49,7 +49,6 @@ pub(super) struct TransactionHook {
     sequence: u64,
     /// Why the client must keep its server connection, once it must.
     pin: Option<PinReason>,
-    cache: metrics::StatementCache,
     /// The client's entry in the admin console, which shows a pin.
     console: ClientHandle,
 }
@@ -59,7 +58,6 @@ impl TransactionHook {
         let max_prepared = pool.upstream().settings().max_prepared_statements;
         TransactionHook {
             client,
-            cache: metrics::StatementCache::new(&pool.upstream().label),
             pool,
             max_prepared,
             names: Names::default(),
@@ -140,7 +138,7 @@ impl TransactionHook {
         while insert.protocol().owes_nothing() && insert.prepared().len() >= self.max_prepared {
             let Some(victim) = insert.prepared().least_recently_used() else { break };
             insert.close(victim);
-            self.cache.eviction.increment(1);
+            self.pool.upstream().statement_metrics.eviction.increment(1);
         }
     }
 
@@ -149,10 +147,10 @@ impl TransactionHook {
         let id = statement.id;
         if insert.prepared().contains(id) && !insert.prepared().is_stale(id) {
             insert.touch(id);
-            self.cache.hit.increment(1);
+            self.pool.upstream().statement_metrics.hit.increment(1);
             return;
         }
-        self.cache.miss.increment(1);
+        self.pool.upstream().statement_metrics.miss.increment(1);
         let effect = if insert.prepared().contains(id) {
             insert.message(frontend::CLOSE, &close_statement_body(id), StatementEffect::None);
             StatementEffect::Replaces(id)
